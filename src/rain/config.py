@@ -1,0 +1,248 @@
+"""Typed run configuration: TOML presets in configs/, `--set section.key=value` overrides, checked up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rain.errors import RainError
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 16384
+    n_layer: int = 32
+    d_model: int = 512
+    n_head: int = 8
+    n_kv_head: int = 4
+    head_dim: int = 0  # 0: d_model // n_head
+    d_ff: int = 2048
+    context: int = 1024
+    rope_theta: float = 10000.0
+    qk_norm: bool = True
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_head
+
+
+@dataclass
+class TrainConfig:
+    total_tokens: int = 0  # token budget; steps = total_tokens // tokens_per_step (max_steps wins if set)
+    max_steps: int = 0
+    batch_size: int = 64  # sequences per optimizer step
+    micro_batch: int = 64  # sequences per forward/backward; the rest is gradient accumulation
+    lr: float = 3e-4
+    min_lr: float = 0.0
+    warmup: float = 0.01  # < 1: a fraction of the steps; >= 1: a number of steps
+    schedule: str = "cosine"  # cosine | wsd | constant
+    decay_frac: float = 0.2  # wsd: share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 1337
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 20
+    checkpoints: int = 100  # evenly spaced intermediate checkpoints kept over the run
+    save_every: int = 0  # refresh `last` every N steps (0: at each evaluation)
+    tracker: str = "none"  # none | trackio | tensorboard
+    doc_mask: bool = False
+    optimizer: str = "adamw"  # adamw | muon (Muon for the hidden 2-D matrices, AdamW for embeddings and norms)
+    muon_lr: float = 0.02  # Muon's own peak LR, warm-up and schedule; it decays to muon_lr * min_lr / lr
+    muon_warmup: float = 0.0
+    muon_schedule: str = "wsd"  # cosine | wsd | constant
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    checkpoint_layers: int = 0  # the first N blocks recompute activations in backward (less memory, ~+1/3 compute)
+    auto_micro_batch: bool = False  # CUDA: use the largest micro_batch (<= micro_batch) that fits; accumulate the rest
+
+    @property
+    def grad_accum(self) -> int:
+        return self.batch_size // self.micro_batch
+
+
+@dataclass
+class DataConfig:
+    dir: str = ""  # the prepared data folder (shards + manifest.json) that `rain train` reads
+    paths: list[str] = field(default_factory=list)  # empty: the built-in corpus (see rain.data.builtin)
+    tokenizer: str = "train"  # "train", or an existing tokenizer.json, or GPT-2's vocab.json (merges.txt beside it)
+    val_fraction: float = 0.005  # share of documents held out for validation
+    shard_tokens: int = 50_000_000
+    max_docs: int = 0  # 0: all
+    seed: int = 1234
+    mixture: str = ""  # a mixture TOML (or a preset name in data/: rain-v2, cpt-mix); wins over paths
+    workers: int = 0  # tokenising processes for `rain prepare` (0: one per CPU core)
+    tokenizer_sample_bytes: int = 256_000_000  # text from the mixture (in its shares) to train the BPE on
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.model.context
+
+    def total_steps(self) -> int:
+        if self.train.max_steps:
+            return self.train.max_steps
+        return max(1, self.train.total_tokens // self.tokens_per_step())
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _check_type(where: str, value: Any, hint: Any) -> Any:
+    """Return value coerced to hint (int -> float only), or raise a RainError naming the key."""
+    origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin in (list,):
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise RainError(f"config {where}: expected a list, got {value!r}")
+        return [_check_type(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(where, value, option)
+            except RainError:
+                pass
+        raise RainError(f"config {where}: {value!r} is not a {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise RainError(f"config {where}: expected nothing, got {value!r}")
+    ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    if not ok:
+        raise RainError(f"config {where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _apply(cfg: RunConfig, section: str, key: str, value: Any, origin: str) -> None:
+    if section not in SECTIONS:
+        raise RainError(f"{origin}: unknown config section [{section}] (known: {', '.join(SECTIONS)})")
+    obj = getattr(cfg, section)
+    hints = typing.get_type_hints(type(obj))
+    if key not in hints:
+        known = ", ".join(f.name for f in dataclasses.fields(obj))
+        raise RainError(f"{origin}: unknown key {section}.{key} (known: {known})")
+    setattr(obj, key, _check_type(f"{section}.{key} in {origin}", value, hints[key]))
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """A path to a TOML file, or the name of a preset in configs/ ('tiny', 'rain-v2', 'gpt2-124m')."""
+    path = Path(name_or_path)
+    candidates = [path, PRESET_DIR / path, PRESET_DIR / f"{path}.toml", Path("configs") / f"{path}.toml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml"))) or "none found"
+    raise RainError(f"config {name_or_path}: no such file or preset (presets: {presets})")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'train.lr=1e-3' -> ('train', 'lr', 0.001); values are TOML literals, bare words are strings."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise RainError(f"--set {text!r}: expected section.key=value, e.g. train.lr=1e-3")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def load_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    cfg = RunConfig()
+    if preset is not None:
+        path = resolve_preset(preset)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise RainError(f"config {path}: not valid TOML ({exc})") from None
+        for section, values in raw.items():
+            if not isinstance(values, dict):
+                raise RainError(f"config {path}: top-level key {section!r} must be a [section]")
+            for key, value in values.items():
+                _apply(cfg, section, key, value, str(path))
+    for text in overrides or []:
+        _apply(cfg, *parse_override(text), origin=f"--set {text}")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "config.json") -> RunConfig:
+    cfg = RunConfig()
+    for section, values in raw.items():
+        for key, value in values.items():
+            _apply(cfg, section, key, value, origin)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    m, t = cfg.model, cfg.train
+    problems = []
+    for name in ("vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "context"):
+        if getattr(m, name) <= 0:
+            problems.append(f"model.{name} must be positive")
+    if m.n_head > 0 and m.n_kv_head > 0 and m.n_head % m.n_kv_head:
+        problems.append(f"model.n_head ({m.n_head}) must be a multiple of model.n_kv_head ({m.n_kv_head})")
+    if not m.head_dim and m.n_head > 0 and m.d_model % m.n_head:
+        problems.append(f"model.d_model ({m.d_model}) must be divisible by model.n_head ({m.n_head}), or set head_dim")
+    if m.dim_head % 2:
+        problems.append(f"head dim {m.dim_head} must be even for RoPE")
+    if t.micro_batch <= 0 or t.batch_size <= 0:
+        problems.append("train.batch_size and train.micro_batch must be positive")
+    elif t.batch_size % t.micro_batch:
+        problems.append(f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch ({t.micro_batch})")
+    if t.max_steps <= 0 and t.total_tokens <= 0:
+        problems.append("set train.max_steps or train.total_tokens")
+    if t.schedule not in ("cosine", "wsd", "constant"):
+        problems.append(f"train.schedule {t.schedule!r} must be cosine, wsd or constant")
+    if t.dtype not in ("auto", "bf16", "fp32"):
+        problems.append(f"train.dtype {t.dtype!r} must be auto, bf16 or fp32")
+    if t.tracker not in ("none", "trackio", "tensorboard"):
+        problems.append(f"train.tracker {t.tracker!r} must be none, trackio or tensorboard")
+    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
+        problems.append("train.lr must be positive and 0 <= train.min_lr <= train.lr")
+    if t.warmup < 0 or t.checkpoints < 0 or t.log_every <= 0 or t.eval_every <= 0:
+        problems.append("train.warmup and train.checkpoints must be >= 0, log_every and eval_every > 0")
+    if t.optimizer not in ("adamw", "muon"):
+        problems.append(f"train.optimizer {t.optimizer!r} must be adamw or muon")
+    if t.muon_schedule not in ("cosine", "wsd", "constant"):
+        problems.append(f"train.muon_schedule {t.muon_schedule!r} must be cosine, wsd or constant")
+    if t.muon_lr <= 0 or t.muon_warmup < 0 or t.muon_weight_decay < 0 or not 0 <= t.muon_momentum < 1:
+        problems.append("train.muon_lr must be positive, muon_warmup and muon_weight_decay >= 0, 0 <= muon_momentum < 1")
+    if not 0 <= t.checkpoint_layers <= m.n_layer:
+        problems.append(f"train.checkpoint_layers ({t.checkpoint_layers}) must be between 0 and model.n_layer ({m.n_layer})")
+    if not 0 <= cfg.data.val_fraction < 0.5:
+        problems.append("data.val_fraction must be in [0, 0.5)")
+    if problems:
+        raise RainError("invalid config: " + "; ".join(problems))

@@ -1,0 +1,3 @@
+from rain.model.transformer import KVCache, Transformer
+
+__all__ = ["KVCache", "Transformer"]

@@ -1,0 +1,251 @@
+"""A Qwen3/Llama-style decoder: pre-RMSNorm, grouped-query attention with RoPE and optional QK-norm,
+SwiGLU MLP, no biases, LM head tied to the embedding. Pure PyTorch; knows nothing of files."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rain.config import ModelConfig
+
+# SDPA shares K/V heads across query groups itself (no repeated copies) from torch 2.5 on.
+SDPA_GQA = torch.__version__ >= "2.5"
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 (as HF Llama/Qwen3 do) so bf16 autocast does not cost precision here.
+        return (F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps) * self.weight.float()).type_as(x)
+
+
+def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)  # the rotate-half layout, as in HF Llama/Qwen3
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (T, D) or (B, 1, T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).type_as(x)
+
+
+class KVCache:
+    """Pre-allocated keys/values for every layer; `length` tokens are filled."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
+        shape = (batch, cfg.n_kv_head, max_len, cfg.dim_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.max_len = max_len
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hd = cfg.dim_head
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, hd
+        self.q = nn.Linear(cfg.d_model, cfg.n_head * hd, bias=False)
+        self.k = nn.Linear(cfg.d_model, cfg.n_kv_head * hd, bias=False)
+        self.v = nn.Linear(cfg.d_model, cfg.n_kv_head * hd, bias=False)
+        self.o = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=False)
+        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.v(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)
+        k = apply_rope(k.transpose(1, 2), cos, sin)
+        is_causal = mask is None
+        if cache is not None:
+            start = cache.length
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
+            if start > 0 and mask is None:
+                is_causal = False
+                if T > 1:  # a chunk after a prefix: token i sees the prefix and chunk tokens <= i
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
+        gqa = self.n_kv_head != self.n_head
+        if gqa and (mask is not None or not SDPA_GQA):  # the masked (memory-efficient) kernel takes no GQA
+            rep = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            gqa = False
+        extra = {"enable_gqa": True} if gqa else {}
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and T > 1, **extra)
+        return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def document_positions_and_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """doc_ids (B, T), equal within a document -> position ids restarting at 0 per document, and a
+    (B, 1, T, T) boolean mask that is causal and block-diagonal (no attention across documents)."""
+    B, T = doc_ids.shape
+    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start_idx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return idx - start_idx, (same_doc & causal)[:, None]
+
+
+def _chunk_loss(x, w, targets):
+    """Summed cross-entropy of one chunk and its fp32 logits (for the gradient)."""
+    logits = (x @ w.T).float()
+    lse = logits.logsumexp(-1)
+    valid = targets != -100
+    safe = targets.clamp(min=0)
+    picked = logits.gather(1, safe[:, None]).squeeze(1)
+    return ((lse - picked) * valid).sum(), logits, lse, safe, valid
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """mean cross-entropy(x @ weight.T, targets), ignoring targets of -100, computed `chunk` rows at a time with the
+    gradients worked out in the forward pass (as Liger-Kernel's fused linear cross-entropy does): neither the full
+    (N, V) logits nor their fp32 softmax are ever held. Matmuls run in `dtype` (the autocast dtype), softmax in fp32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk: int, dtype: torch.dtype):
+        w = weight.to(dtype)
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        total = x.new_zeros((), dtype=torch.float32)
+        for s in range(0, x.shape[0], chunk):
+            xc = x[s : s + chunk].to(dtype)
+            loss, logits, lse, safe, valid = _chunk_loss(xc, w, targets[s : s + chunk])
+            total = total + loss
+            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            g[torch.arange(g.shape[0], device=g.device), safe] -= 1
+            g = (g * valid[:, None]).to(dtype)
+            grad_x[s : s + chunk] = g @ w
+            grad_w += (g.T @ xc).float()
+        count = (targets != -100).sum()
+        ctx.save_for_backward(grad_x / count, grad_w.to(weight.dtype) / count)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_out, grad_w * grad_out, None, None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """x (N, d), weight (V, d), targets (N,) -> mean loss; the autocast dtype (if on) for the matmuls."""
+    dev = x.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    with torch.autocast(dev, enabled=False):
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return LinearCrossEntropy.apply(x, weight, targets, chunk, dtype)
+        w = weight.to(dtype)
+        total = sum(_chunk_loss(x[s : s + chunk].to(dtype), w, targets[s : s + chunk])[0]
+                    for s in range(0, x.shape[0], chunk))
+        return total / (targets != -100).sum()
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(cfg.dim_head, cfg.context, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.checkpoint_layers = 0  # the first N blocks recompute their activations in backward (training only)
+        self.loss_chunk = max(1, 2**26 // cfg.vocab_size)  # tokens per loss chunk: 256 MB of fp32 logits
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) everywhere; the two projections that write into the residual stream are
+        scaled by 1/sqrt(2 * n_layer) so its variance stays flat with depth (GPT-2's rule)."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue
+            scale = 1 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("attn.o.weight", "mlp.down.weight")) else 1
+            nn.init.normal_(p, mean=0.0, std=std * scale)
+        for m in self.modules():
+            if isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
+        if non_embedding:
+            n -= self.embed.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) when targets is None, else the mean cross-entropy over targets != -100."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.context:
+            raise ValueError(f"sequence of {start + T} tokens is longer than the context ({self.cfg.context})")
+        mask = None
+        if doc_ids is not None:
+            pos, mask = document_positions_and_mask(doc_ids)
+            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+        else:
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        x = self.embed(idx)
+        for i, layer in enumerate(self.layers):
+            if i < self.checkpoint_layers and self.training and cache is None and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        x = self.norm(x)
+        if targets is None:
+            return self.lm_head(x)
+        return linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), self.loss_chunk)

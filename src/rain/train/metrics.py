@@ -1,0 +1,114 @@
+"""Run records: metrics.jsonl (always), optional live trackers (trackio, TensorBoard), the loss plot,
+and the FLOPs arithmetic behind MFU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rain.config import ModelConfig, RunConfig
+from rain.errors import RainError
+
+# bf16 dense peak FLOP/s by device-name fragment (the MFU denominator).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "4090": 165.2e12, "3090": 71e12}
+
+
+def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
+    """Training FLOPs per token: 6 x (non-embedding params + LM head) + 12 x layers x d_model x context."""
+    head = cfg.vocab_size * cfg.d_model
+    matmul_params = n_params - head + (head if cfg.tie_embeddings else 0)
+    return 6 * matmul_params + 12 * cfg.n_layer * cfg.d_model * cfg.context
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class MetricsLog:
+    """Appends one JSON object per record to metrics.jsonl and forwards scalars to the chosen tracker."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, run_name: str):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tracker = cfg.train.tracker
+        self._tb = None
+        if self.tracker == "trackio":
+            try:
+                import trackio
+            except ImportError:
+                raise RainError("train.tracker = 'trackio' needs the extra: pip install 'rain[trackio]'") from None
+            self._trackio = trackio
+            trackio.init(project="rain", name=run_name, config=cfg.to_dict())
+        elif self.tracker == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RainError("train.tracker = 'tensorboard' needs the extra: pip install 'rain[tensorboard]'") from None
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.tracker == "trackio":
+            self._trackio.log(scalars, step=record.get("step"))
+        elif self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record.get("step"))
+
+    def close(self) -> None:
+        if self.tracker == "trackio":
+            self._trackio.finish()
+        elif self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_after(run_dir: Path, step: int) -> None:
+    """Drop records past `step` (a resumed run re-logs them) so the file reads as one uninterrupted run."""
+    records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
+    """Training loss (raw and exponentially smoothed) and validation loss against tokens seen."""
+    records = read_metrics(run_dir)
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["tokens"] for r in train]
+    y = [r["loss"] for r in train]
+    smooth, ema = [], None
+    for v in y:
+        ema = v if ema is None else 0.9 * ema + 0.1 * v
+        smooth.append(ema)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(x, y, color="tab:blue", alpha=0.3, lw=1, label="train (raw)")
+    ax.plot(x, smooth, color="tab:blue", lw=2, label="train (smoothed)")
+    if val:
+        ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", color="tab:orange", label="validation")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = out or Path(run_dir) / "loss.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,70 @@
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from rain.config import ModelConfig, RunConfig, load_config
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def small_model_config(**kw) -> ModelConfig:
+    base = dict(vocab_size=512, n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=128, context=64, qk_norm=True)
+    return ModelConfig(**{**base, **kw})
+
+
+def synthetic_documents(n: int = 400, seed: int = 0):
+    """Learnable text: short templated sentences and tiny programs."""
+    rng = random.Random(seed)
+    names = ["alice", "bob", "carol", "dave", "erin", "frank"]
+    things = ["apples", "books", "cars", "stones", "lamps"]
+    docs = []
+    for i in range(n):
+        if i % 3 == 0:
+            a, b = rng.randint(1, 50), rng.randint(1, 50)
+            docs.append(("math", f"Q: What is {a} + {b}?\nA: {a + b}.\n" * 3))
+        elif i % 3 == 1:
+            who, what = rng.choice(names), rng.choice(things)
+            docs.append(("prose", f"{who} has {rng.randint(2, 9)} {what}. {who} likes {what} very much. " * 4))
+        else:
+            fn = rng.choice(names)
+            docs.append(("code", f"def {fn}(x):\n    return x * {rng.randint(2, 9)}\n\n\nprint({fn}(3))\n"))
+    return docs
+
+
+def tiny_run_config(data_dir: Path | None = None, **train) -> RunConfig:
+    cfg = RunConfig(model=small_model_config())
+    cfg.train.max_steps = 12
+    cfg.train.batch_size = 4
+    cfg.train.micro_batch = 2
+    cfg.train.lr = 3e-3
+    cfg.train.warmup = 2
+    cfg.train.log_every = 2
+    cfg.train.eval_every = 4
+    cfg.train.eval_batches = 2
+    cfg.train.checkpoints = 3
+    cfg.train.device = "cpu"
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    cfg.data.val_fraction = 0.05
+    cfg.data.shard_tokens = 20_000
+    if data_dir is not None:
+        cfg.data.dir = str(data_dir)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from rain.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data")
+    docs = synthetic_documents()
+    prepare(tiny_run_config(), out, documents=lambda: iter(docs))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)

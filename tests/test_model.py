@@ -1,0 +1,132 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rain.model.generate import generate
+from rain.model.transformer import Attention, Transformer, apply_rope, rope_tables
+from tests.conftest import small_model_config
+
+
+def test_changing_a_future_token_never_changes_earlier_logits():
+    model = Transformer(small_model_config()).eval()
+    x = torch.randint(0, 512, (2, 32))
+    y = x.clone()
+    y[:, 20] = (y[:, 20] + 1) % 512
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert torch.equal(a[:, :20], b[:, :20])
+    assert not torch.allclose(a[:, 20:], b[:, 20:])
+
+
+def reference_attention(attn: Attention, x, cos, sin):
+    """Plain multi-head attention with an explicit softmax; K/V heads repeated for each query group."""
+    B, T, _ = x.shape
+    H, KV, D = attn.n_head, attn.n_kv_head, attn.head_dim
+    q = attn.q(x).view(B, T, H, D)
+    k = attn.k(x).view(B, T, KV, D)
+    v = attn.v(x).view(B, T, KV, D).transpose(1, 2)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
+    k, v = k[:, [h * KV // H for h in range(H)]], v[:, [h * KV // H for h in range(H)]]
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D)
+    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    y = scores.softmax(-1) @ v
+    return attn.o(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_grouped_query_attention_equals_multi_head_with_shared_kv(n_kv_head):
+    cfg = small_model_config(n_kv_head=n_kv_head)
+    attn = Attention(cfg)
+    cos, sin = rope_tables(cfg.dim_head, 16, cfg.rope_theta)
+    x = torch.randn(2, 16, cfg.d_model)
+    assert torch.allclose(attn(x, cos, sin), reference_attention(attn, x, cos, sin), atol=1e-5)
+
+
+def test_gqa_with_all_kv_heads_is_standard_multi_head_attention():
+    """With n_kv_head == n_head, rain's attention equals torch's own nn.MultiheadAttention (no RoPE/QK-norm)."""
+    cfg = small_model_config(n_kv_head=4, qk_norm=False)
+    attn = Attention(cfg)
+    mha = torch.nn.MultiheadAttention(cfg.d_model, cfg.n_head, bias=False, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]))
+        mha.out_proj.weight.copy_(attn.o.weight)
+    x = torch.randn(2, 10, cfg.d_model)
+    ones, zeros = torch.ones(10, cfg.dim_head), torch.zeros(10, cfg.dim_head)  # RoPE switched off
+    mask = torch.ones(10, 10, dtype=torch.bool).triu(1)
+    expected, _ = mha(x, x, x, attn_mask=mask, need_weights=False)
+    assert torch.allclose(attn(x, ones, zeros), expected, atol=1e-5)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    D = 16
+    cos, sin = rope_tables(D, 64, 10000.0)
+    q, k = torch.randn(D), torch.randn(D)
+
+    def score(m, n):
+        qm = apply_rope(q.view(1, 1, 1, D), cos[m : m + 1], sin[m : m + 1])
+        kn = apply_rope(k.view(1, 1, 1, D), cos[n : n + 1], sin[n : n + 1])
+        return float((qm * kn).sum())
+
+    assert score(5, 2) == pytest.approx(score(40, 37), abs=1e-4)
+    assert score(10, 10) == pytest.approx(score(0, 0), abs=1e-4)
+    assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-3)
+
+
+def test_kv_cache_generation_equals_full_recomputation():
+    model = Transformer(small_model_config()).eval()
+    prompt = [3, 17, 99, 4]
+    cached = generate(model, prompt, max_new_tokens=20, temperature=0)
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(20):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    assert cached == seq[len(prompt):]
+
+
+def test_sampling_is_seeded_and_respects_limits():
+    model = Transformer(small_model_config()).eval()
+    a = generate(model, [1, 2, 3], max_new_tokens=15, temperature=1.0, top_k=20, top_p=0.9, seed=7)
+    b = generate(model, [1, 2, 3], max_new_tokens=15, temperature=1.0, top_k=20, top_p=0.9, seed=7)
+    assert a == b and len(a) == 15
+    stop = a[3]
+    c = generate(model, [1, 2, 3], max_new_tokens=15, temperature=1.0, top_k=20, top_p=0.9, seed=7, stop_ids=(stop,))
+    assert c == a[: a.index(stop)]
+
+
+def test_prompt_longer_than_context_is_refused():
+    model = Transformer(small_model_config(context=16)).eval()
+    with pytest.raises(ValueError, match="context"):
+        generate(model, list(range(16)), max_new_tokens=4)
+
+
+def test_residual_stream_stays_stable_at_depth():
+    """With the depth-scaled init, a 32-layer model's output scale stays close to a 4-layer model's."""
+    x = torch.randint(0, 512, (2, 32))
+    norms = {}
+    for depth in (4, 32):
+        model = Transformer(small_model_config(n_layer=depth))
+        h = model.embed(x)
+        cos, sin = model.rope_cos[:32], model.rope_sin[:32]
+        with torch.no_grad():
+            for layer in model.layers:
+                h = layer(h, cos, sin)
+        norms[depth] = float(h.std())
+    assert norms[32] / norms[4] < 1.5
+
+
+def test_tiny_model_overfits_one_batch():
+    model = Transformer(small_model_config())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x = torch.randint(0, 512, (4, 32))
+    first = None
+    for _ in range(150):
+        loss = model(x[:, :-1], x[:, 1:])
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 5.5 and loss.item() < 0.2
