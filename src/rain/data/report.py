@@ -1,0 +1,152 @@
+"""`rain data report`: what a prepared corpus is made of: realised shares against the weights, what each
+filter removed, bytes per token on held-out text, document lengths (PNG) and a few random documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rain.data.shards import load_doc_index, load_manifest, write_atomic, write_json_atomic
+from rain.data.tokenizer import Tokenizer
+
+LENGTH_BINS = np.unique(np.round(np.logspace(0, 7, 57)).astype(np.int64))  # 1 .. 10M tokens, log-spaced
+SAMPLE_CHARS = 600
+
+
+def _scan_documents(data_dir: Path, manifest: dict, names: list[str], samples: int, seed: int):
+    """Per source: a histogram of training-document lengths (tokens), their mean and max, and `samples`
+    documents drawn at random as (shard, offset, length)."""
+    rng = np.random.default_rng(seed)
+    hist = {n: np.zeros(len(LENGTH_BINS) - 1, dtype=np.int64) for n in names}
+    total = {n: [0, 0, 0] for n in names}  # documents, tokens, longest
+    keep: dict[str, list[tuple[float, int, int, int]]] = {n: [] for n in names}
+    for si, rec in enumerate(manifest["splits"]["train"]):
+        if "index" not in rec:
+            continue
+        rows = load_doc_index(data_dir, rec)
+        keys = rng.random(len(rows))
+        for sid, name in enumerate(names):
+            mine = rows[:, 2] == sid
+            lengths = rows[mine, 1]
+            if not len(lengths):
+                continue
+            hist[name] += np.histogram(np.clip(lengths, 1, LENGTH_BINS[-1] - 1), LENGTH_BINS)[0]
+            total[name][0] += len(lengths)
+            total[name][1] += int(lengths.sum())
+            total[name][2] = max(total[name][2], int(lengths.max()))
+            candidates = [(float(k), si, int(o), int(n)) for k, (o, n, _) in zip(keys[mine], rows[mine])]
+            keep[name] = sorted(keep[name] + candidates)[:samples]  # the smallest random keys: a uniform sample
+    return hist, total, keep
+
+
+def _read_document(shards: list[np.ndarray], shard: int, offset: int, length: int) -> np.ndarray:
+    parts = []
+    while length > 0 and shard < len(shards):
+        part = shards[shard][offset : offset + length]
+        parts.append(np.asarray(part))
+        length -= len(part)
+        shard, offset = shard + 1, 0
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _plot(hist: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, counts in hist.items():
+        if counts.sum():
+            ax.stairs(counts / counts.sum(), LENGTH_BINS, label=f"{name} ({counts.sum():,} docs)")
+    ax.set_xscale("log")
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("share of documents")
+    ax.set_title("training documents by length")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def report(data_dir: str | Path, out_dir: str | Path | None = None, samples: int = 3, seed: int = 0) -> dict:
+    """Write report.md, report.json and doc_lengths.png (into out_dir, default data_dir); return the report."""
+    data_dir = Path(data_dir)
+    out = Path(out_dir) if out_dir is not None else data_dir
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(data_dir)
+    names = manifest.get("source_names") or list(manifest["sources"]["train"])
+    tokenizer = Tokenizer.from_file(data_dir / manifest["tokenizer"])
+    hist, totals, keep = _scan_documents(data_dir, manifest, names, samples, seed)
+    from rain.data.shards import open_split
+
+    shards = open_split(data_dir, "train", manifest)
+    mix = manifest.get("mixture", {})
+    weights, realised = mix.get("weights", {}), mix.get("realised", {})
+    sources = {}
+    for name in names:
+        train, val = manifest["sources"]["train"].get(name, {}), manifest["sources"]["val"].get(name, {})
+        docs, tokens, longest = totals[name]
+        drawn = [tokenizer.decode(_read_document(shards, s, o, n).tolist()) for _, s, o, n in keep[name]]
+        sources[name] = {
+            "weight": weights.get(name), "realised": realised.get(name), "train": train, "val": val,
+            "bytes_per_token": manifest.get("bytes_per_token", {}).get(name),
+            "input": manifest.get("input", {}).get(name, {}), "removed": manifest.get("filters", {}).get(name, {}),
+            "length": {"mean": tokens / docs if docs else None, "max": longest,
+                       "histogram": {"bins": LENGTH_BINS.tolist(), "counts": hist[name].tolist()}},
+            "samples": drawn,
+        }
+    result = {"data_dir": str(data_dir), "mixture": mix.get("origin"), "ended": mix.get("ended", {}),
+              "train_tokens": sum(r["tokens"] for r in manifest["splits"]["train"]),
+              "val_tokens": sum(r["tokens"] for r in manifest["splits"]["val"]), "sources": sources}
+    _plot(hist, out / "doc_lengths.png")
+    write_json_atomic(out / "report.json", result)
+    write_atomic(out / "report.md", _markdown(result).encode())
+    return result
+
+
+def _markdown(r: dict) -> str:
+    lines = [f"# Data report: {r['data_dir']}", ""]
+    if r["mixture"]:
+        lines.append(f"Mixture: `{r['mixture']}`. ")
+    if r["ended"]:
+        lines.append(f"The run {'**stopped short**: ' if r['ended'].get('short') else 'ended: '}{r['ended']['message']}.")
+    lines += ["", f"Training tokens: {r['train_tokens']:,}; validation tokens: {r['val_tokens']:,}.", "",
+              "## Shares (training tokens, counting the `<|endoftext|>` after each document)", "",
+              "| source | weight | realised | documents | tokens | bytes | val documents | val tokens | bytes/token (held-out) | mean length |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in r["sources"].items():
+        t, v = s["train"], s["val"]
+        mean = f"{s['length']['mean']:.0f}" if s["length"]["mean"] else "-"
+        lines.append(f"| {name} | {_pct(s['weight'])} | {_pct(s['realised'])} | {t.get('documents', 0):,} | "
+                     f"{t.get('tokens', 0):,} | {t.get('bytes', 0):,} | {v.get('documents', 0):,} | {v.get('tokens', 0):,} | "
+                     f"{s['bytes_per_token'] or '-'} | {mean} |")
+    lines += ["", "## Input problems (skipped and counted)", "",
+              "| source | records | bad JSON lines | missing text field | empty | non-UTF-8 bytes replaced |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, s in r["sources"].items():
+        i = s["input"]
+        lines.append(f"| {name} | {i.get('records', 0):,} | {i.get('bad_json', 0):,} | {i.get('missing_field', 0):,} | "
+                     f"{i.get('empty', 0):,} | {i.get('bad_bytes', 0):,} |")
+    examples = [f"- {name}: {e}" for name, s in r["sources"].items() for e in s["input"].get("examples", [])]
+    lines += (["", "First problems seen:", "", *examples] if examples else [])
+    lines += ["", "## Filters (documents removed)", "",
+              "Length- and quality-filtered documents are not tokenised: ≈ marks their tokens estimated from bytes.", "",
+              "| source | filter | documents | tokens | bytes | rules |", "|---|---|---:|---:|---:|---|"]
+    for name, s in r["sources"].items():
+        for family, b in sorted(s["removed"].items()):
+            rules = ", ".join(f"{k} {v}" for k, v in sorted(b.get("rules", {}).items(), key=lambda kv: -kv[1]))
+            approx = "≈" if b.get("tokens_estimated") else ""
+            lines.append(f"| {name} | {family} | {b['documents']:,} | {approx}{b['tokens']:,} | {b['bytes']:,} | {rules} |")
+    lines += ["", "## Document lengths", "", "![document lengths](doc_lengths.png)", "", "## Random samples", ""]
+    for name, s in r["sources"].items():
+        lines += [f"### {name}", ""]
+        for text in s["samples"]:
+            clipped = text[:SAMPLE_CHARS] + (" [...]" if len(text) > SAMPLE_CHARS else "")
+            lines += ["```text", clipped.replace("```", "'''"), "```", ""]
+    return "\n".join(lines) + "\n"
+
