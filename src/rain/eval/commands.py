@@ -1,0 +1,102 @@
+"""`rain eval`: validation loss / perplexity / bits per byte and benchmarks for one checkpoint or every
+checkpoint of a run, resumable, into RUN/eval/results.jsonl plus a trend table and curves."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rain.errors import RainError
+
+ALL_TASKS = "all"
+LOCAL_EVAL_DATA = Path("..") / "shared" / "data" / "eval"  # relative to the working directory
+
+
+def parse_tasks(text: str | None) -> list[str]:
+    from rain.eval.tasks import TASK_NAMES
+
+    names = [t.strip() for t in (text or "").split(",") if t.strip()]
+    return list(TASK_NAMES) if names == [ALL_TASKS] else list(dict.fromkeys(names))
+
+
+def parse_shots(text: str) -> list[int]:
+    try:
+        shots = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise RainError(f"--shots takes whole numbers separated by commas (e.g. 0,5), got {text!r}") from None
+    if not shots:
+        raise RainError("--shots needs at least one number (e.g. 0,5)")
+    return shots
+
+
+def parse_limit(text: str | None) -> float | int | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise RainError(f"--limit takes a number of items (or a fraction below 1), got {text!r}") from None
+    return int(value) if value >= 1 and value.is_integer() else value
+
+
+def eval_data_dir(arg: str | None) -> str | None:
+    """--eval-data, else ../shared/data/eval when it exists, else None (the Hugging Face hub)."""
+    if arg is not None:
+        return arg
+    return str(LOCAL_EVAL_DATA) if LOCAL_EVAL_DATA.is_dir() else None
+
+
+def checkpoint_hooks(args) -> list:
+    """Extra per-checkpoint evaluations (rain.eval.runner.CheckpointHook), run after the benchmarks and
+    resumable like them: the prompt report (rain.eval.probes, `--prompts`) and the memorisation audit
+    (rain.eval.memorisation, `--memorisation`) plug in here."""
+    return []
+
+
+def cmd_eval(args) -> None:
+    from rain.eval.plots import trend_table, write_trends
+    from rain.eval.runner import EvalPlan, evaluate_run
+
+    plan = EvalPlan(
+        tasks=parse_tasks(args.tasks), shots=parse_shots(args.shots), limit=parse_limit(args.limit),
+        harness=args.harness, harness_tasks=[t for t in parse_tasks(args.harness_tasks) if t != ALL_TASKS],
+        val_batches=args.batches, val_data=args.data, eval_data=eval_data_dir(args.eval_data),
+        batch_size=args.batch_size, seed=args.seed,
+    )
+    if args.harness and not plan.tasks:
+        raise RainError("--harness runs the --tasks through lm-eval: name them with --tasks (e.g. --tasks arc_easy)")
+    outcome = evaluate_run(args.checkpoint, plan, out=args.out, device=args.device, hooks=checkpoint_hooks(args))
+    written = write_trends(outcome.eval_dir, outcome.rows, plot=args.plot)
+    print(trend_table(outcome.rows), end="")
+    print(f"\n{outcome.new_rows} new result(s); wrote {outcome.eval_dir / 'results.jsonl'}, "
+          + ", ".join(str(p) for p in written))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint or every checkpoint of a run", description=
+                       "Validation loss, perplexity and bits per byte (per source) on the held-out split, plus "
+                       "multiple-choice benchmarks scored as lm-evaluation-harness scores them. On a run folder "
+                       "every checkpoint is evaluated in token order; results are appended to RUN/eval/results.jsonl "
+                       "and whatever is already there is not evaluated again.")
+    p.add_argument("checkpoint", help="a run folder (every checkpoint in it) or one checkpoint folder")
+    p.add_argument("--tasks", metavar="LIST", help="benchmarks, comma-separated: arc_easy, arc_challenge, hellaswag, piqa, winogrande, "
+                   "or 'all' (default: none, validation loss only)")
+    p.add_argument("--shots", default="0,5", metavar="K,...", help="few-shot counts, comma-separated (default: %(default)s)")
+    p.add_argument("--limit", metavar="N", help="only the first N items of each task (a fraction below 1: that share)")
+    p.add_argument("--eval-data", metavar="DIR", help=f"benchmark files laid out like shared/data/eval (default: {LOCAL_EVAL_DATA} "
+                   "if it exists, else the Hugging Face hub)")
+    p.add_argument("--harness", action="store_true", help="score --tasks with lm-evaluation-harness instead of "
+                   "rain's own scorer (needs `pip install 'rain[eval]'`)")
+    p.add_argument("--harness-tasks", metavar="LIST", help="any lm-eval task names, comma-separated, run through lm-eval on the "
+                   "rain model (their data comes from the hub), e.g. lambada_openai")
+    p.add_argument("--data", metavar="DIR", help="prepared data folder for validation loss (default: the one each checkpoint "
+                   "was trained on)")
+    p.add_argument("--batches", "--val-batches", dest="batches", type=int, default=50, metavar="N",
+                   help="validation batches per source; 0 skips validation loss (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="benchmark rows per forward pass (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed, lm-eval's default (default: %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="folder for results.jsonl and the trends (default: RUN/eval)")
+    p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw trends.png, every metric against tokens seen, beside trends.md (default: on)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)

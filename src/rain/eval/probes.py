@@ -1,0 +1,283 @@
+"""Probing prompts: rain's prompt suite completed by each checkpoint with fixed seeds and sampling settings,
+with automatic signals beside each completion, rendered as a markdown report that reads across training.
+
+Signals: whether the expected answer came out (where a prompt has one), distinct-2 (distinct word bigrams /
+word bigrams) and the longest word n-gram that occurs twice (repetition), and over-used words: words far more
+frequent in the suite's completions than in a sample of the training corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from rain.data.shards import open_split
+from rain.data.tokenizer import Tokenizer
+from rain.errors import RainError
+from rain.model.generate import generate
+
+SUITE_FILE = "prompt_suite.jsonl"
+MATCH_MODES = ("prefix", "sentence", "code")
+DEFAULT_SETTINGS = {"max_new_tokens": 80, "temperature": 0.8, "top_k": 50, "top_p": 0.95}
+_UNITS = re.compile(r"\w+|[^\w\s]+")  # words and punctuation runs, for repetition signals
+_WORDS = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # words only, for over-use
+
+
+# ----------------------------------------------------------------------------- the suite
+
+
+def load_suite(path: str | Path | None = None) -> list[dict]:
+    """Prompts from a .jsonl file (rain's own suite by default): id, category, prompt, and optionally
+    expected (accepted answers) with match: prefix (the completion starts with it), sentence (a whole word
+    of its first sentence) or code (in its first lines, whitespace ignored)."""
+    if path is None:
+        text, where = resources.files("rain.eval").joinpath(SUITE_FILE).read_text(encoding="utf-8"), SUITE_FILE
+    else:
+        if not Path(path).is_file():
+            raise RainError(f"prompt suite {path}: file not found")
+        text, where = Path(path).read_text(encoding="utf-8"), str(path)
+    suite, seen = [], set()
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RainError(f"{where}:{n}: not valid JSON ({exc})") from None
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("id", "category", "prompt")):
+            raise RainError(f"{where}:{n}: each line needs string fields id, category and prompt")
+        if entry["id"] in seen:
+            raise RainError(f"{where}:{n}: duplicate id {entry['id']!r}")
+        if "expected" in entry:
+            if isinstance(entry["expected"], str):
+                entry["expected"] = [entry["expected"]]
+            entry.setdefault("match", "prefix")
+            if entry["match"] not in MATCH_MODES:
+                raise RainError(f"{where}:{n}: match {entry['match']!r} is not one of {', '.join(MATCH_MODES)}")
+        seen.add(entry["id"])
+        suite.append(entry)
+    return suite
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+def expected_ok(completion: str, expected: Sequence[str] | None, match: str = "prefix") -> bool | None:
+    """Whether the completion gives one of the accepted answers (case-insensitive); None without answers."""
+    if not expected:
+        return None
+    if match == "code":
+        head = re.sub(r"\s+", "", "\n".join([line for line in completion.splitlines() if line.strip()][:4]))
+        return any(re.sub(r"\s+", "", answer) in head for answer in expected)
+    if match == "sentence":
+        text = re.split(r"(?<=[.!?])\s|\n", completion.strip(), maxsplit=1)[0]
+        return any(re.search(rf"(?<!\w){re.escape(a)}(?!\w)", text, re.IGNORECASE) for a in expected)
+    return any(re.match(rf"{re.escape(a)}(?!\w)", completion.lstrip(), re.IGNORECASE) for a in expected)
+
+
+def text_units(text: str) -> list[str]:
+    return _UNITS.findall(text.lower())
+
+
+def distinct_2(text: str) -> float | None:
+    """Distinct word bigrams / word bigrams (1.0: no bigram repeats); None under two words."""
+    units = text_units(text)
+    bigrams = list(zip(units, units[1:]))
+    return len(set(bigrams)) / len(bigrams) if bigrams else None
+
+
+def longest_repeated_ngram(text: str) -> int:
+    """Length in words of the longest word n-gram occurring at least twice (occurrences may overlap)."""
+    units = text_units(text)
+    n = 0
+    while n < len(units) - 1:
+        grams = [tuple(units[i: i + n + 1]) for i in range(len(units) - n)]
+        if len(set(grams)) == len(grams):
+            break
+        n += 1
+    return n
+
+
+def completion_checks(completion: str, entry: dict) -> dict:
+    return {"expected_ok": expected_ok(completion, entry.get("expected"), entry.get("match", "prefix")),
+            "distinct_2": distinct_2(completion), "longest_repeated_ngram": longest_repeated_ngram(completion)}
+
+
+def words(text: str) -> list[str]:
+    return _WORDS.findall(text.lower())
+
+
+def corpus_word_counts(data_dir: str | Path, tokenizer: Tokenizer, sample_tokens: int = 2_000_000,
+                       pieces: int = 64, split: str = "train") -> Counter:
+    """Word counts of `pieces` evenly spaced stretches of the split, sample_tokens tokens in all (bounded work
+    whatever the corpus size)."""
+    shards = open_split(data_dir, split)
+    sizes = np.array([len(s) for s in shards])
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    total = int(starts[-1])
+    piece = total if total <= sample_tokens else max(sample_tokens // pieces, 1)
+    counts: Counter = Counter()
+    for a in np.unique(np.linspace(0, total - piece, pieces, dtype=np.int64)):
+        i = int(np.searchsorted(starts, a, "right")) - 1
+        ids = np.asarray(shards[i][a - starts[i]: a - starts[i] + piece], dtype=np.int64)
+        for doc in np.split(ids, np.nonzero(ids == tokenizer.eot_id)[0]):
+            counts.update(words(tokenizer.decode(doc[doc != tokenizer.eot_id].tolist())))
+    return counts
+
+
+def overused_words(completions: Iterable[str], reference_counts: Mapping[str, int], min_ratio: float = 10.0,
+                   min_completions: int = 3, top: int = 15) -> list[tuple[str, float]]:
+    """Words whose frequency in the completions is at least min_ratio times their frequency in the reference
+    counts (unseen words count as half an occurrence), found in at least min_completions completions;
+    highest ratio first."""
+    per_completion = [Counter(words(text)) for text in completions]
+    counts = sum(per_completion, Counter())
+    reach = Counter(w for c in per_completion for w in c)
+    total, ref_total = sum(counts.values()), sum(reference_counts.values())
+    if not total or not ref_total:
+        return []
+    ratios = [(w, (n / total) / ((reference_counts.get(w, 0) + 0.5) / ref_total))
+              for w, n in counts.items() if reach[w] >= min_completions]
+    return sorted([(w, r) for w, r in ratios if r >= min_ratio], key=lambda x: (-x[1], x[0]))[:top]
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """A seed per prompt that does not depend on the prompt's place in the suite."""
+    return (seed * 1_000_003 + zlib.crc32(prompt_id.encode())) % 2**31
+
+
+def run_prompt_suite(model, tokenizer: Tokenizer, suite: list[dict] | None = None, seed: int = 0,
+                     max_new_tokens: int = DEFAULT_SETTINGS["max_new_tokens"],
+                     temperature: float = DEFAULT_SETTINGS["temperature"], top_k: int = DEFAULT_SETTINGS["top_k"],
+                     top_p: float = DEFAULT_SETTINGS["top_p"]) -> list[dict]:
+    """One sampled completion per prompt (stopping at <|endoftext|>), with its signals. A prompt longer than
+    the model's context keeps its last tokens (truncated: true)."""
+    suite = load_suite() if suite is None else suite
+    settings = {"seed": seed, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
+                "top_p": top_p}
+    context = model.cfg.context
+    results = []
+    for entry in suite:
+        ids = tokenizer.encode(entry["prompt"])
+        room = min(max_new_tokens, 16)
+        truncated = len(ids) > context - room
+        if truncated:
+            ids = ids[-(context - room):]
+        out = generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       stop_ids=(tokenizer.eot_id,), seed=prompt_seed(seed, entry["id"]))
+        completion = tokenizer.decode(out)
+        results.append({**entry, "completion": completion, "completion_ids": out, "truncated": truncated,
+                        "settings": settings, "checks": completion_checks(completion, entry)})
+    return results
+
+
+def probe_checkpoints(folders: Sequence[str | Path], suite: list[dict] | None = None, device: str = "cpu",
+                      **settings) -> tuple[dict[str, list[dict]], dict[str, int | None]]:
+    """run_prompt_suite for each checkpoint (or run folder's last one); returns results and tokens seen, by
+    checkpoint label, for render_report."""
+    from rain.train.checkpoint import find_checkpoint, load_weights
+
+    results, tokens = {}, {}
+    for folder in folders:
+        folder = find_checkpoint(Path(folder))
+        label = folder.name if folder.name not in results else f"{folder.parent.parent.name}/{folder.name}"
+        model, _ = load_weights(folder, device)
+        state = folder / "state.json"
+        tokens[label] = json.loads(state.read_text()).get("tokens") if state.is_file() else None
+        results[label] = run_prompt_suite(model, Tokenizer.from_file(folder / "tokenizer.json"), suite, **settings)
+    return results, tokens
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "–"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _fenced(text: str) -> str:
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _signals(checks: dict) -> str:
+    parts = []
+    for key, value in checks.items():
+        if key == "expected_ok":
+            parts.append("expected " + {True: "✓", False: "✗"}[value] if value is not None else "")
+        elif key == "distinct_2":
+            parts.append(f"distinct-2 {value:.2f}" if value is not None else "distinct-2 –")
+        elif key == "longest_repeated_ngram":
+            parts.append(f"longest repeat {value} word{'' if value == 1 else 's'}")
+        else:
+            parts.append(f"{key.replace('_', ' ')} {value}")
+    return " · ".join(p for p in parts if p)
+
+
+def _mean(values: list) -> str:
+    values = [v for v in values if v is not None]
+    return f"{sum(values) / len(values):.2f}" if values else "–"
+
+
+def render_report(results_by_checkpoint: Mapping[str, list[dict]], tokens_seen: Mapping[str, int | None] | None = None,
+                  reference_counts: Mapping[str, int] | None = None, title: str = "Probing prompts") -> str:
+    """Markdown: a summary table per checkpoint, then one section per prompt with its completions across
+    checkpoints in order of tokens seen (the given order when tokens_seen is not given)."""
+    tokens_seen = tokens_seen or {}
+    labels = list(results_by_checkpoint)
+    if tokens_seen:
+        labels.sort(key=lambda c: (tokens_seen.get(c) is None, tokens_seen.get(c) or 0))
+    lines = [f"# {title}", ""]
+    first = next((r for c in labels for r in results_by_checkpoint[c]), None)
+    if first is not None:
+        s = first["settings"]
+        lines += [f"One completion per prompt and checkpoint, sampled with temperature {s['temperature']}, top-k "
+                  f"{s['top_k']}, top-p {s['top_p']}, at most {s['max_new_tokens']} new tokens; every checkpoint "
+                  f"uses the same seeds (base seed {s['seed']}).", ""]
+    lines += ["## Summary", "",
+              "| checkpoint | tokens | expected answers | distinct-2 | longest repeat | over-used words |",
+              "|---|---|---|---|---|---|"]
+    for c in labels:
+        results = results_by_checkpoint[c]
+        graded = [r["checks"]["expected_ok"] for r in results if r["checks"]["expected_ok"] is not None]
+        over = overused_words([r["completion"] for r in results], reference_counts) if reference_counts else []
+        lines.append(f"| {c} | {_count(tokens_seen.get(c))} | {sum(graded)}/{len(graded)} | "
+                     f"{_mean([r['checks']['distinct_2'] for r in results])} | "
+                     f"{_mean([r['checks']['longest_repeated_ngram'] for r in results])} | "
+                     f"{', '.join(f'{w} ({r:.0f}x)' for w, r in over) or '–'} |")
+    order: dict[str, dict] = {}
+    for c in labels:
+        for r in results_by_checkpoint[c]:
+            order.setdefault(r["id"], r)
+    category = None
+    for prompt_id, entry in order.items():
+        if entry["category"] != category:
+            category = entry["category"]
+            lines += ["", f"## {category}"]
+        lines += ["", f"### {prompt_id}", "", _fenced(entry["prompt"])]
+        if entry.get("expected"):
+            lines += ["", "Expected: " + " or ".join(f"`{a}`" for a in entry["expected"]) + f" ({entry['match']})"]
+        for c in labels:
+            r = next((r for r in results_by_checkpoint[c] if r["id"] == prompt_id), None)
+            if r is None:
+                continue
+            note = " · prompt truncated to the context" if r.get("truncated") else ""
+            seen = f" ({_count(tokens_seen[c])} tokens)" if tokens_seen.get(c) is not None else ""
+            lines += ["", f"**{c}**{seen} · {_signals(r['checks'])}{note}", "",
+                      _fenced(r["completion"])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,513 @@
+"""Evaluate every checkpoint of a run (or one checkpoint) into `eval/results.jsonl`, incrementally.
+
+The work on a checkpoint is a list of units, one per (task, n_shot, limit, evaluator): validation loss, a
+multiple-choice task at k shots, an lm-eval task, or a hook's report. A unit whose rows are already in
+results.jsonl for that checkpoint (same step and tokens seen) is not run again, so a second invocation
+evaluates only new checkpoints, tasks and shot counts. Every input is checked before the first model loads,
+and a checkpoint's rows are appended only once all its units have finished, by rewriting the file
+atomically: a failed evaluation leaves results.jsonl exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from rain.data.loader import document_ids, sequential_batches
+from rain.data.shards import load_doc_index, load_manifest, open_split, write_atomic
+from rain.data.tokenizer import Tokenizer
+from rain.errors import RainError
+from rain.eval.loss import loss_report
+from rain.eval.multiple_choice import score_tasks
+from rain.eval.tasks import FEWSHOT_SEED, TaskData, build_requests, get_task, load_task
+from rain.train import checkpoint as ckpt_io
+from rain.train.trainer import autocast_for, pick_device
+
+RESULTS_FILE = "results.jsonl"
+ROW_FIELDS = ("checkpoint", "step", "tokens", "task", "n_shot", "metric", "value", "stderr", "items", "limit",
+              "evaluator", "fewshot_source", "source")
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    folder: Path
+    name: str
+    step: int | None
+    tokens: int | None
+    data_dir: str | None  # the prepared data it was trained on (state.json)
+
+    def owns(self, row: dict) -> bool:
+        if self.step is None:
+            return row.get("step") is None and row.get("checkpoint") == self.name
+        return row.get("step") == self.step and row.get("tokens") == self.tokens
+
+
+def _describe(folder: Path) -> Checkpoint:
+    folder = ckpt_io.check_complete(folder, ckpt_io.WEIGHT_FILES)
+    state_path = folder / "state.json"
+    try:
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise RainError(f"{state_path}: not valid JSON ({exc})") from None
+    return Checkpoint(folder, folder.name.removeprefix(".old-"), state.get("step"), state.get("tokens"),
+                      state.get("data_dir"))
+
+
+def find_checkpoints(path: str | Path) -> list[Checkpoint]:
+    """A run folder's checkpoints in token order, one per step (step_N preferred to last/best), or the one
+    checkpoint folder given."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        names = sorted({p.name.removeprefix(".old-") for p in (path / "checkpoints").iterdir()
+                        if p.is_dir() and (not p.name.startswith(".") or p.name.startswith(".old-"))})
+        if not names:
+            raise RainError(f"{path}: the run has no checkpoints yet (checkpoints/ is empty)")
+        found = [_describe(ckpt_io.resolve(path / "checkpoints" / n)) for n in names]
+    elif (ckpt_io.resolve(path) / "model.safetensors").is_file():
+        found = [_describe(ckpt_io.resolve(path))]
+    elif path.is_dir():
+        raise RainError(f"{path}: no checkpoints here (neither a run folder with checkpoints/ nor a checkpoint folder)")
+    else:
+        raise RainError(f"{path}: no such checkpoint or run folder")
+    preference = sorted(found, key=lambda c: (not c.name.startswith("step_"), c.name != "last", c.name))
+    unique: dict = {}
+    for c in preference:
+        unique.setdefault((c.step, c.tokens) if c.step is not None else c.name, c)
+    return sorted(unique.values(), key=lambda c: (c.tokens is None, c.tokens or 0, c.step or 0, c.name))
+
+
+def default_eval_dir(path: str | Path) -> Path:
+    """RUN/eval for a run folder or a checkpoint inside one, else CHECKPOINT/eval."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        return path / "eval"
+    folder = ckpt_io.resolve(path)
+    return folder.parent.parent / "eval" if folder.parent.name == "checkpoints" else folder / "eval"
+
+
+def same_tokenizer(a: Path, b: Path) -> bool:
+    x, y = a.read_bytes(), b.read_bytes()
+    if x == y:
+        return True
+    try:
+        return json.loads(x) == json.loads(y)  # the same tokenizer saved with other formatting
+    except ValueError:
+        return False
+
+
+def check_tokenizers(checkpoints: Sequence[Checkpoint]) -> None:
+    first = checkpoints[0].folder / "tokenizer.json"
+    for c in checkpoints[1:]:
+        if not same_tokenizer(first, c.folder / "tokenizer.json"):
+            raise RainError(f"{c.folder}/tokenizer.json differs from {first}: the checkpoints of one run must share "
+                            "a tokenizer; evaluate them separately with --out")
+
+
+# ----------------------------------------------------------------------------- results file
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One resumable piece of work on a checkpoint; its rows carry these four fields."""
+
+    task: str
+    n_shot: int | None = None
+    limit: float | None = None  # items per task (a fraction below 1); for "val", batches per source
+    evaluator: str = "rain"  # rain | lm-eval | a hook's name
+
+    def matches(self, row: dict) -> bool:
+        # lm-eval groups report their subtasks under their own names; those rows carry the group's.
+        return ((row.get("group") or row.get("task")), row.get("n_shot"), row.get("limit"), row.get("evaluator")) == (
+            self.task, self.n_shot, self.limit, self.evaluator)
+
+    def describe(self) -> str:
+        shots = f" {self.n_shot}-shot" if self.n_shot is not None else ""
+        return f"{self.task}{shots}" + (f" [{self.evaluator}]" if self.evaluator != "rain" else "")
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RainError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or remove that line") from None
+        if not isinstance(row, dict) or not {"task", "metric", "value"} <= row.keys():
+            raise RainError(f"{path}:{lineno}: not a result row (task, metric, value); fix or remove that line")
+        rows.append(row)
+    return rows
+
+
+def append_results(path: Path, rows: list[dict]) -> None:
+    """Rewrite the file with the rows added (temporary file + rename: readers never see half of it)."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_bytes() if path.is_file() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    write_atomic(path, old + "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def make_row(ckpt: Checkpoint, unit: Unit, row: dict) -> dict:
+    out = {"checkpoint": ckpt.name, "step": ckpt.step, "tokens": ckpt.tokens, "task": row.get("task", unit.task),
+           "n_shot": unit.n_shot, "metric": row["metric"], "value": row["value"], "stderr": row.get("stderr"),
+           "items": row.get("items"), "limit": unit.limit, "evaluator": unit.evaluator,
+           "fewshot_source": row.get("fewshot_source"), "source": row.get("source")}
+    return {**out, **{k: v for k, v in row.items() if k not in ROW_FIELDS}}
+
+
+# ----------------------------------------------------------------------------- validation loss per source
+
+
+class ValidationSet:
+    """The held-out split of a prepared data folder: as a whole (windows exactly as training evaluates them)
+    and, when the manifest indexes documents by source, each source on its own."""
+
+    def __init__(self, data_dir: str | Path):
+        self.dir = Path(data_dir)
+        self.manifest = load_manifest(self.dir)
+        self.shards = open_split(self.dir, "val", self.manifest)
+        self.stats = self.manifest.get("sources", {}).get("val", {})
+
+    def check_tokenizer(self, tokenizer_json: Path, tokenizer: Tokenizer, vocab_size: int) -> None:
+        ours = self.dir / self.manifest.get("tokenizer", "tokenizer.json")
+        if ours.is_file():
+            same = same_tokenizer(ours, tokenizer_json)
+        else:
+            same = self.manifest["eot_id"] == tokenizer.eot_id and self.manifest["vocab_size"] <= vocab_size
+        if not same:
+            raise RainError(f"{self.dir} was prepared with another tokenizer than {tokenizer_json.parent}: pass "
+                            "--data with data prepared with the run's tokenizer, or --batches 0 to skip validation loss")
+
+    def counts(self, source: str) -> tuple[int, int]:
+        """(tokens, UTF-8 bytes) of a source's whole val split, or of all of them: the bits-per-byte ratio."""
+        stats = self.stats.values() if source == "all" else [self.stats.get(source, {})]
+        return sum(s.get("tokens", 0) for s in stats), sum(s.get("bytes", 0) for s in stats)
+
+    def streams(self, max_tokens: int) -> dict[str, list[np.ndarray]]:
+        """{"all": the val shards, source: its documents (each with its <|endoftext|>) up to max_tokens}."""
+        out: dict[str, list[np.ndarray]] = {"all": self.shards}
+        names = self.manifest.get("source_names") or []
+        records = self.manifest["splits"]["val"]
+        if len(names) < 2 or any("index" not in r for r in records):
+            return out  # one source (the whole split is it) or no per-document index: the split overall
+        starts = np.concatenate([[0], np.cumsum([len(s) for s in self.shards])])
+        pieces: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        have = dict.fromkeys(names, 0)
+        for shard_no, record in enumerate(records):
+            if min(have.values()) >= max_tokens:
+                break
+            for offset, n_tokens, source in load_doc_index(self.dir, record):
+                name = names[int(source)]
+                if have[name] < max_tokens:
+                    a = int(starts[shard_no] + offset)
+                    pieces[name].append(self._read(starts, a, a + int(n_tokens) + 1))
+                    have[name] += int(n_tokens) + 1
+        out.update({n: [np.concatenate(p)[:max_tokens]] for n, p in pieces.items() if p})
+        return out
+
+    def _read(self, starts: np.ndarray, a: int, b: int) -> np.ndarray:
+        # A document may run on into the next shard.
+        parts = []
+        for i, shard in enumerate(self.shards):
+            lo, hi = max(a, int(starts[i])), min(b, int(starts[i + 1]))
+            if lo < hi:
+                parts.append(np.asarray(shard[lo - starts[i] : hi - starts[i]]))
+        return np.concatenate(parts)
+
+
+@torch.no_grad()
+def _mean_loss(model, batches, device, eot_id: int, doc_mask: bool) -> tuple[float, int]:
+    total, count = 0.0, 0
+    for x, y in batches:
+        doc = document_ids(x, eot_id).to(device) if doc_mask else None
+        loss = model(x.to(device), y.to(device), doc_ids=doc)
+        total += float(loss) * y.numel()
+        count += y.numel()
+    return total / max(count, 1), count
+
+
+def validation_rows(model, cfg, val: ValidationSet, batches: int, eot_id: int) -> list[dict]:
+    """loss, ppl and bpb on the first `batches` windows of the split and of each source, rows for results.jsonl.
+
+    The "all" windows are those training evaluates (sequential_batches at micro_batch), so with
+    batches = train.eval_batches the loss equals the one in the checkpoint's state.json."""
+    context, micro = cfg.model.context, cfg.train.micro_batch
+    device = next(model.parameters()).device
+    rows = []
+    for source, shards in val.streams(batches * micro * context + 1).items():
+        windows = list(sequential_batches(shards, context, micro, batches))
+        if not windows and len(shards[0]) >= 2:  # a source shorter than one window: score what there is
+            stream = torch.from_numpy(np.asarray(shards[0]).astype(np.int64))[None]
+            windows = [(stream[:, :-1], stream[:, 1:])]
+        if not windows:
+            continue
+        loss, n = _mean_loss(model, windows, device, eot_id, cfg.train.doc_mask)
+        report = loss_report(loss, *val.counts(source))
+        for metric in ("loss", "ppl", "bpb"):
+            if f"val_{metric}" in report:
+                rows.append({"task": "val", "metric": metric, "value": report[f"val_{metric}"], "items": n,
+                             "source": source})
+    return rows
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+class CheckpointHook(Protocol):
+    """Extra per-checkpoint work run after the benchmarks, e.g. the prompt report (rain.eval.probes) or the
+    memorisation audit (rain.eval.memorisation). `unit` makes it resumable like a task; the call returns its
+    result rows (at least metric and value; the runner adds checkpoint, tokens and the unit's fields) and may
+    write its own files into eval_dir. Raising RainError fails the checkpoint and nothing of it is written.
+    The unit's evaluator names the hook (e.g. Unit("prompts", evaluator="probes")), never "rain" or "lm-eval"."""
+
+    unit: Unit
+
+    def __call__(self, ckpt: Checkpoint, model, tokenizer: Tokenizer, eval_dir: Path) -> list[dict]: ...
+
+
+@dataclass
+class EvalPlan:
+    tasks: list[str] = field(default_factory=list)  # rain's multiple-choice tasks (rain.eval.tasks)
+    shots: list[int] = field(default_factory=lambda: [0, 5])
+    limit: float | None = None
+    harness: bool = False  # run `tasks` through lm-eval instead of rain's scorer
+    harness_tasks: list[str] = field(default_factory=list)  # any lm-eval task names, run through lm-eval
+    val_batches: int = 50  # 0: no validation loss
+    val_data: str | None = None  # prepared data folder; default: the one each checkpoint was trained on
+    eval_data: str | Path | None = None  # benchmark files (layout of shared/data/eval); None: the HF hub
+    batch_size: int = 32
+    seed: int = FEWSHOT_SEED
+
+    def check(self) -> None:
+        for name in self.tasks:
+            get_task(name)
+        if any(k < 0 for k in self.shots):
+            raise RainError(f"--shots must be >= 0, got {min(self.shots)}")
+        if self.limit is not None and self.limit <= 0:
+            raise RainError(f"--limit must be positive, got {self.limit}")
+        if self.val_batches < 0:
+            raise RainError(f"--batches must be >= 0, got {self.val_batches}")
+        if self.eval_data is not None and not Path(self.eval_data).is_dir():
+            raise RainError(f"{self.eval_data}: no such benchmark folder (--eval-data; layout of shared/data/eval)")
+
+    def units(self) -> list[Unit]:
+        out = [Unit("val", None, self.val_batches)] if self.val_batches else []
+        evaluator = "lm-eval" if self.harness else "rain"
+        out += [Unit(t, k, self.limit, evaluator) for k in self.shots for t in self.tasks]
+        out += [Unit(t, k, self.limit, "lm-eval") for k in self.shots for t in self.harness_tasks]
+        return out
+
+
+class Inputs:
+    """Everything the pending units read, loaded and checked before any model: benchmark files, few-shot
+    requests (built once, shared by every checkpoint), validation data, lm-eval task names."""
+
+    def __init__(self, plan: EvalPlan, todo: list[tuple[Checkpoint, list[Unit]]], log: Callable[[str], None]):
+        self.plan = plan
+        units = {u for _, us in todo for u in us}
+        pool_needed: dict[str, bool] = {}
+        for u in units:
+            if u.evaluator in ("rain", "lm-eval") and u.task in plan.tasks:
+                pool_needed[u.task] = pool_needed.get(u.task, False) or u.n_shot > 0
+        data: dict[str, TaskData] = {t: load_task(t, plan.eval_data, need_pool=p) for t, p in pool_needed.items()}
+        self.requests = {(u.task, u.n_shot): build_requests(u.task, u.n_shot, plan.limit, plan.eval_data, plan.seed,
+                                                            data=data[u.task])
+                         for u in units if u.evaluator == "rain" and u.task in plan.tasks}
+        self.task_manager = _lm_eval_task_manager(plan.harness_tasks) if any(
+            u.evaluator == "lm-eval" and u.task in plan.harness_tasks for u in units) else None
+        self.val: dict[Path, ValidationSet | None] = {}
+        for ckpt, us in todo:
+            if any(u.task == "val" and u.evaluator == "rain" for u in us):
+                self.val_for(ckpt, log)
+
+    def val_for(self, ckpt: Checkpoint, log: Callable[[str], None]) -> ValidationSet | None:
+        explicit = self.plan.val_data is not None
+        data_dir = self.plan.val_data or ckpt.data_dir or ckpt_io.load_config(ckpt.folder).data.dir
+        if not data_dir or (not explicit and not (Path(data_dir) / "manifest.json").is_file()):
+            if ckpt.folder not in self.val:
+                log(f"{ckpt.name}: skipping validation loss: its training data {data_dir or '(unknown)'} is not "
+                    "here; pass --data DIR (from `rain prepare`)")
+            self.val[ckpt.folder] = None
+            return None
+        if ckpt.folder not in self.val:
+            cached = {v.dir: v for v in self.val.values() if v is not None}
+            val = cached.get(Path(data_dir)) or ValidationSet(data_dir)
+            tokenizer_json = ckpt.folder / "tokenizer.json"
+            val.check_tokenizer(tokenizer_json, Tokenizer.from_file(tokenizer_json),
+                                ckpt_io.load_config(ckpt.folder).model.vocab_size)
+            self.val[ckpt.folder] = val
+        return self.val[ckpt.folder]
+
+
+# ----------------------------------------------------------------------------- lm-eval tasks
+
+
+def _lm_eval_task_manager(names: Sequence[str]):
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise RainError("--harness-tasks needs lm-eval: pip install 'rain[eval]'") from None
+    manager = TaskManager()  # indexes lm-eval's task yamls (some seconds)
+    known = set(manager.all_tasks)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise RainError(f"unknown lm-eval task {unknown[0]!r} (`lm-eval ls tasks` lists them)")
+    return manager
+
+
+def lm_eval_rows(results: dict, requested: Sequence[str]) -> list[dict]:
+    """lm_eval.simple_evaluate's output -> rows: one per task, group or group member and metric (named
+    "metric" for lm-eval's "none" filter, else "metric,filter"); a member's rows name its requested group."""
+    subtasks = results.get("group_subtasks", {})
+
+    def requested_owner(task: str) -> str | None:
+        for name in requested:
+            stack = list(subtasks.get(name, []))
+            while stack:
+                member = stack.pop()
+                if member == task:
+                    return name
+                stack += subtasks.get(member, [])
+        return None
+
+    rows = []
+    for task, metrics in {**results["results"], **results.get("groups", {})}.items():
+        group = None if task in requested else requested_owner(task)
+        if task not in requested and group is None:
+            continue
+        items = results.get("n-samples", {}).get(task, {}).get("effective")
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            name, filt = key.split(",", 1)
+            stderr = metrics.get(f"{name}_stderr,{filt}")
+            row = {"task": task, "metric": name if filt == "none" else key, "value": float(value),
+                   "stderr": float(stderr) if isinstance(stderr, (int, float)) else None, "items": items}
+            if group is not None:
+                row["group"] = group
+            rows.append(row)
+    return rows
+
+
+def _run_lm_eval(model, tokenizer, names: list[str], shots: int, plan: EvalPlan, manager) -> list[dict]:
+    import lm_eval
+
+    from rain.eval.harness import RainLM
+
+    try:
+        res = lm_eval.simple_evaluate(model=RainLM(model, tokenizer, batch_size=plan.batch_size), tasks=names,
+                                      num_fewshot=shots, limit=plan.limit, task_manager=manager,
+                                      fewshot_random_seed=plan.seed)
+    except (ConnectionError, OSError, ValueError) as exc:  # offline hub, missing datasets, bad task configs
+        msg = " ".join(str(exc).split())[:200]
+        raise RainError(f"lm-eval could not run {', '.join(names)} ({type(exc).__name__}: {msg})") from None
+    return lm_eval_rows(res, names)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Outcome:
+    eval_dir: Path
+    rows: list[dict]  # everything in results.jsonl now
+    new_rows: int
+    checkpoints: list[Checkpoint]
+
+
+def evaluate_run(path: str | Path, plan: EvalPlan, *, out: str | Path | None = None, device: str = "auto",
+                 hooks: Sequence[CheckpointHook] = (), log: Callable[[str], None] = _stderr_log,
+                 show_progress: bool = True) -> Outcome:
+    plan.check()
+    checkpoints = find_checkpoints(path)
+    check_tokenizers(checkpoints)
+    eval_dir = Path(out) if out is not None else default_eval_dir(path)
+    results = eval_dir / RESULTS_FILE
+    rows = read_results(results)
+    units = plan.units() + [h.unit for h in hooks]
+    todo = [(c, [u for u in units if not any(c.owns(r) and u.matches(r) for r in rows)]) for c in checkpoints]
+    todo = [(c, us) for c, us in todo if us]
+    if not todo:
+        log(f"nothing new to evaluate: {len(checkpoints)} checkpoint(s) already in {results}")
+        return Outcome(eval_dir, rows, 0, checkpoints)
+    inputs = Inputs(plan, todo, log)
+    todo = [(c, [u for u in us if u.task != "val" or u.evaluator != "rain" or inputs.val[c.folder] is not None])
+            for c, us in todo]
+    todo = [(c, us) for c, us in todo if us]
+    torch_device = pick_device(device)
+    added = 0
+    for ckpt, units in todo:
+        tokens = f"{ckpt.tokens:,} tokens" if ckpt.tokens is not None else "tokens unknown"
+        log(f"{ckpt.name} ({tokens}): {', '.join(u.describe() for u in units)}")
+        t0 = time.time()
+        try:
+            new = evaluate_checkpoint(ckpt, units, inputs, torch_device, hooks, eval_dir, log, show_progress)
+        except RainError as exc:
+            raise RainError(f"{ckpt.folder}: {exc}") from None
+        append_results(results, new)  # only now: a failure above leaves the file untouched
+        rows += new
+        added += len(new)
+        log(f"  {len(new)} result(s) in {time.time() - t0:.1f} s")
+    return Outcome(eval_dir, rows, added, checkpoints)
+
+
+def evaluate_checkpoint(ckpt: Checkpoint, units: list[Unit], inputs: Inputs, device: torch.device,
+                        hooks: Sequence[CheckpointHook], eval_dir: Path, log: Callable[[str], None],
+                        show_progress: bool = True) -> list[dict]:
+    plan = inputs.plan
+    model, cfg = ckpt_io.load_weights(ckpt.folder, device)
+    tokenizer = Tokenizer.from_file(ckpt.folder / "tokenizer.json")
+    native = [u for u in units if u.evaluator == "rain" and u.task != "val"]
+    harness = [u for u in units if u.evaluator == "lm-eval"]
+    out: list[dict] = []
+    with autocast_for(device, "auto"):  # bf16 on CUDA, fp32 on CPU
+        for unit in units:
+            if unit.task == "val" and unit.evaluator == "rain" and (val := inputs.val_for(ckpt, log)) is not None:
+                out += [make_row(ckpt, unit, r) for r in validation_rows(model, cfg, val, unit.limit, tokenizer.eot_id)]
+        for shots, group in _by_shots(native).items():  # all tasks in one pass: shared batches
+            tasks = [inputs.requests[(u.task, shots)] for u in group]
+            out += _rows(ckpt, group, score_tasks(model, tokenizer, tasks, plan.batch_size, show_progress))
+        for shots, group in _by_shots(harness).items():
+            ours = [u for u in group if plan.harness and u.task in plan.tasks]
+            if ours:
+                from rain.eval.harness import harness_evaluate
+
+                out += _rows(ckpt, ours, harness_evaluate(model, tokenizer, [u.task for u in ours], shots=shots,
+                                                          limit=plan.limit, data_dir=plan.eval_data,
+                                                          batch_size=plan.batch_size, seed=plan.seed))
+            if theirs := [u for u in group if u not in ours]:
+                names = [u.task for u in theirs]
+                out += _rows(ckpt, theirs, _run_lm_eval(model, tokenizer, names, shots, plan, inputs.task_manager))
+        for hook in hooks:
+            if hook.unit in units:
+                out += [make_row(ckpt, hook.unit, r) for r in hook(ckpt, model, tokenizer, eval_dir)]
+    return out
+
+
+def _by_shots(units: list[Unit]) -> dict[int, list[Unit]]:
+    return {k: [u for u in units if u.n_shot == k] for k in sorted({u.n_shot for u in units})}
+
+
+def _rows(ckpt: Checkpoint, units: list[Unit], scored: list[dict]) -> list[dict]:
+    by_task = {u.task: u for u in units}
+    return [make_row(ckpt, by_task[r.get("group") or r["task"]], r) for r in scored]
