@@ -1,0 +1,211 @@
+"""The README.md model card of an export, from the checkpoint's own records only: its config and parameter count,
+the training stages back through `init_from` (data mixes with realised shares, tokens, compute), the run's
+benchmark results (eval/results.jsonl) and the model's limitations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rain.config import RunConfig
+from rain.errors import RainError
+from rain.train import checkpoint as ckpt
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        return {}
+
+
+def _run_dir(folder: Path) -> Path | None:
+    return folder.parent.parent if folder.parent.name == "checkpoints" else None
+
+
+def lineage(folder: Path) -> list[dict]:
+    """The checkpoint and its ancestors, oldest first: {"folder", "state", "config"} per rain checkpoint,
+    {"hf": path} for a Hugging Face starting point, {"missing": path} for a parent that is gone."""
+    stages, seen = [], set()
+    current: Path | None = Path(folder)
+    while current is not None and current.resolve() not in seen:
+        seen.add(current.resolve())
+        state = _read_json(current / "state.json")
+        stages.append({"folder": current, "state": state, "config": _read_json(current / "config.json")})
+        parent = state.get("init_from")
+        current = None
+        if parent:
+            parent_config = _read_json(Path(parent) / "config.json")
+            if "model_type" in parent_config:
+                stages.append({"hf": parent, "config": parent_config})
+            else:
+                try:
+                    current = ckpt.find_checkpoint(Path(parent))
+                except RainError:
+                    stages.append({"missing": parent})
+    return stages[::-1]
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _stage_kind(stage: dict) -> str:
+    state = stage["state"]
+    if "sft" in state:
+        return "supervised fine-tuning for chat"
+    return "continued pretraining" if state.get("init_from") else "pretraining from scratch"
+
+
+def _data_lines(state: dict) -> list[str]:
+    if "sft" in state:
+        s = state["sft"]
+        conv, skipped = s["conversations"], sum(s.get("skipped", {}).values())
+        masked = "loss on assistant tokens only" if s.get("mask_prompt", True) else "loss on every token (prompts unmasked)"
+        return [f"Chat data: {', '.join(f'`{p}`' for p in s['data'])}: {conv['train']:,} training and {conv['val']:,} "
+                f"held-out conversations ({s['tokens']['train']:,} tokens, {s['trained_tokens_per_epoch']:,} trained "
+                f"per epoch; {masked}). Skipped as unusable: {skipped:,}; longer than the context: "
+                f"{s.get('dropped_too_long', 0):,} dropped, {s.get('truncated', 0):,} truncated.", ""]
+    data_dir = state.get("data_dir")
+    manifest = _read_json(Path(data_dir) / "manifest.json") if data_dir else {}
+    if not manifest:
+        return [f"Data: `{data_dir or 'not recorded'}` (its manifest.json is not available here, so the mix is not shown).", ""]
+    mix = manifest.get("mixture", {})
+    train = manifest.get("sources", {}).get("train", {})
+    lines = [f"Data: `{data_dir}`" + (f", mixture `{mix['origin']}`" if mix.get("origin") else "") +
+             f": {mix.get('train_tokens', sum(s.get('tokens', 0) for s in train.values())):,} training tokens.", "",
+             "| source | weight | realised share | documents | tokens |", "|---|---:|---:|---:|---:|"]
+    weights, realised = mix.get("weights", {}), mix.get("realised", {})
+    for name, s in train.items():
+        lines.append(f"| {name} | {_pct(weights.get(name))} | {_pct(realised.get(name))} | {s.get('documents', 0):,} | "
+                     f"{s.get('tokens', 0):,} |")
+    return lines + [""]
+
+
+def _stage_section(i: int, stage: dict) -> list[str]:
+    if "hf" in stage:
+        arch = ", ".join(stage["config"].get("architectures") or [stage["config"].get("model_type", "?")])
+        return [f"### Stage {i}: initialised from the Hugging Face model `{stage['hf']}` ({arch})", "",
+                "Its own training is described by its publisher, not here.", ""]
+    if "missing" in stage:
+        return [f"### Stage {i}: started from `{stage['missing']}`", "", "That checkpoint is no longer available, so "
+                "its training is not described here.", ""]
+    state, train = stage["state"], stage["config"].get("train", {})
+    lines = [f"### Stage {i}: {_stage_kind(stage)} (`{stage['folder']}`)", ""]
+    if state.get("init_from"):
+        lines += [f"Started from `{state['init_from']}` with a fresh optimizer and learning-rate schedule.", ""]
+    lines += _data_lines(state)
+    seconds = state.get("wall_seconds", 0)
+    lines.append(f"Training: {state.get('step', 0):,} steps, {state.get('tokens', 0):,} tokens seen (windows of "
+                 f"{stage['config'].get('model', {}).get('context', '?')} tokens, padding included), batch "
+                 f"{train.get('batch_size', '?')}, peak learning rate {train.get('lr', '?')}, schedule "
+                 f"{train.get('schedule', '?')}. Compute: {seconds / 3600:.2f} hours ({seconds:,.0f} s) on "
+                 f"{state.get('hardware') or 'hardware not recorded (train.device = ' + str(train.get('device', '?')) + ')'}.")
+    if state.get("val_loss") is not None:
+        bpb = f", {state['val_bpb']} bits per byte" if state.get("val_bpb") is not None else ""
+        lines.append(f"Held-out loss at this checkpoint: {state['val_loss']}{bpb}.")
+    return lines + [""]
+
+
+def _results_path(folder: Path) -> Path:
+    """Where `rain eval` writes a checkpoint's results: RUN/eval for a checkpoint inside a run, else CHECKPOINT/eval."""
+    run = _run_dir(folder)
+    return (run if run is not None else folder) / "eval" / "results.jsonl"
+
+
+def _eval_section(folder: Path, state: dict) -> list[str]:
+    """This checkpoint's rows (same step and tokens seen), plus reference rows of no step (e.g. a random model)."""
+    path = _results_path(folder)
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    latest = {}
+    for r in rows:  # a re-evaluation replaces the earlier row
+        mine = r.get("step") == state.get("step") and r.get("tokens") == state.get("tokens")
+        if mine or r.get("step") is None:
+            latest[(r.get("checkpoint"), r.get("task"), r.get("source"), r.get("n_shot"), r.get("metric"))] = r
+    if not any(r.get("step") is not None for r in latest.values()):
+        others = f" ({len(rows)} results of other checkpoints are in `{path}`)" if rows else ""
+        return ["## Evaluation", "", f"Not evaluated: no benchmark results for this checkpoint{others}; "
+                "`rain eval` writes them to `eval/results.jsonl` in the run folder.", ""]
+    lines = ["## Evaluation", "", f"From `{path}`, as recorded by `rain eval`.", "",
+             "| task | shots | metric | value | stderr | items | checkpoint | tokens |", "|---|---:|---|---:|---:|---:|---|---:|"]
+
+    def num(r: dict, key: str, fmt: str = "{:.4f}") -> str:
+        value = r.get(key)
+        return fmt.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+    for r in latest.values():
+        task = str(r.get("task", "?")) + (f" ({r['source']})" if r.get("source") not in (None, "all") else "")
+        shots = r.get("n_shot") if r.get("n_shot") is not None else "-"
+        lines.append(f"| {task} | {shots} | {r.get('metric', '?')} | {num(r, 'value')} | {num(r, 'stderr')} | "
+                     f"{num(r, 'items', '{:,}')} | {r.get('checkpoint', '?')} | {num(r, 'tokens', '{:,}')} |")
+    return lines + [""]
+
+
+def model_card(folder: Path, cfg: RunConfig, n_params: int, n_params_non_embedding: int, tokenizer_size: int,
+               chat_template: str | None, name: str) -> str:
+    m = cfg.model
+    arch = "Qwen3ForCausalLM" if m.qk_norm else "LlamaForCausalLM"
+    stages = lineage(Path(folder))
+    chat = chat_template is not None
+    hf = [s["hf"] for s in stages if "hf" in s]
+    missing = [s["missing"] for s in stages if "missing" in s]
+    origin = (f"the Hugging Face model `{hf[0]}`" if hf else f"`{missing[0]}` (no longer available)" if missing
+              else "random weights")
+    kind = "a chat model: a base model fine-tuned on conversations" if chat else "a base model (text completion only)"
+    runs = [s for s in stages if "state" in s]
+    tokens = sum(s["state"].get("tokens", 0) for s in runs)
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "language:", "- en",
+        "tags:", "- rain", f"- {arch.removesuffix('ForCausalLM').lower()}", *(["- chat"] if chat else []), "---", "",
+        f"# {name}", "",
+        f"**What it is:** a small decoder-only language model with {n_params:,} parameters, trained with rain on "
+        f"{tokens:,} tokens in {len(runs)} stage(s) starting from {origin}; {kind}. "
+        f"It loads in transformers as `{arch}` with no custom code.", "",
+        "**What it is not:** a reliable source of facts, a safe assistant, or a model aligned with human preferences. "
+        "It received no preference tuning (RLHF/DPO) and no safety training, and it was not evaluated for any deployment.", "",
+        "## Architecture", "",
+        "| | |", "|---|---|",
+        f"| architecture | {arch} ({'QK-norm, ' if m.qk_norm else ''}pre-RMSNorm, GQA, RoPE, SwiGLU, no biases) |",
+        f"| parameters | {n_params:,} ({n_params_non_embedding:,} without the embedding) |",
+        f"| layers | {m.n_layer} |", f"| hidden size | {m.d_model} |",
+        f"| attention heads (query / key-value) | {m.n_head} / {m.n_kv_head}, head dim {m.dim_head} |",
+        f"| MLP size | {m.d_ff} |", f"| context | {m.context} tokens |",
+        f"| vocabulary | {m.vocab_size:,} ({tokenizer_size:,} used by the byte-level BPE tokenizer) |",
+        f"| RoPE theta | {m.rope_theta:g} |", f"| tied embeddings | {'yes' if m.tie_embeddings else 'no'} |",
+        "", "## Training", "",
+    ]
+    for i, stage in enumerate(stages, start=1):
+        lines += _stage_section(i, stage)
+    lines += _eval_section(Path(folder), runs[-1]["state"] if runs else {})
+    lines += ["## Limitations", "",
+              f"- Small: {n_params:,} parameters trained on {tokens:,} tokens. It makes factual and arithmetic errors, "
+              "loses track of long texts and can write fluent nonsense.",
+              "- English-centred data: expect much worse results in other languages.",
+              "- No alignment: " + ("beyond supervised fine-tuning on the chat data above, " if chat else "")
+              + "no preference tuning or safety training. It can produce false, offensive or unsafe text and may follow "
+              "harmful instructions.",
+              "- It may reproduce biases of its training data and memorised training text verbatim.",
+              f"- It reads at most {m.context} tokens of context.", "",
+              "## Use", "", "```python",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")',
+              'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")']
+    if chat:
+        lines += ['ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}], add_generation_prompt=True, '
+                  'return_tensors="pt", return_dict=True)["input_ids"]',
+                  "out = model.generate(ids, max_new_tokens=100)  # stops at <|im_end|>",
+                  "print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))"]
+    else:
+        lines += ['ids = tokenizer("The river", return_tensors="pt").input_ids',
+                  "print(tokenizer.decode(model.generate(ids, max_new_tokens=50, do_sample=True)[0]))"]
+    lines += ["```", ""]
+    if chat:
+        lines += ["Chat format (ChatML, in the tokenizer's `chat_template`): "
+                  "`<|im_start|>role\\ncontent<|im_end|>\\n` per turn, roles system, user, assistant.", ""]
+    return "\n".join(lines)

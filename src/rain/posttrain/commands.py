@@ -1,0 +1,146 @@
+"""`rain sft` (fine-tune a base checkpoint on conversations) and `rain chat` (talk to the result)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from rain.cli import _add_sampling_args, load_checkpoint
+from rain.errors import RainError
+
+
+def cmd_sft(args) -> None:
+    from rain.posttrain.sft import run_sft
+
+    if args.epochs <= 0 or (args.steps is not None and args.steps <= 0) or args.batch <= 0:
+        raise RainError("--epochs, --steps and --batch must be positive")
+    run_sft(args.base, args.data, args.out, fmt=args.format, epochs=args.epochs, steps=args.steps, lr=args.lr,
+            batch=args.batch, overflow=args.overflow, mask_prompt=not args.no_mask, val_fraction=args.val_fraction,
+            overrides=args.set, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after)
+
+
+def fit_history(tokenizer, system: list[dict], messages: list[dict], context: int, reserve: int):
+    """(prompt ids, messages kept): the oldest user/assistant exchanges are dropped until the prompt leaves
+    `reserve` tokens for the reply; (None, []) when even the newest message does not fit."""
+    from rain.posttrain.chat import encode_prompt
+
+    while True:
+        ids = encode_prompt(tokenizer, system + messages)
+        if len(ids) + reserve <= context:
+            return ids, messages
+        if len(messages) <= 1:
+            return None, []
+        messages = messages[2:]
+
+
+def chat_loop(model, tokenizer, *, system: str | None = None, max_tokens: int = 256, temperature: float = 0.7,
+              top_k: int = 50, top_p: float = 0.95, seed: int = 0, stdin: TextIO | None = None,
+              stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+    """Read user lines, stream each reply; /reset clears the history, /exit (or end of input) quits."""
+    from rain.data.tokenizer import EOT, IM_END, SPECIAL_TOKENS
+    from rain.model.generate import stream
+
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    context = model.cfg.context
+    stops = tuple(tokenizer.token_id(t) for t in (IM_END, EOT))
+    reserve = min(max_tokens, context // 4)
+    system_turns = [{"role": "system", "content": system}] if system else []
+    interactive = stdin.isatty()
+    if interactive:
+        print("type a message; /reset clears the history, /exit quits", file=stderr)
+    history: list[dict] = []
+    turn = 0
+    while True:
+        if interactive:
+            stdout.write("you> ")
+            stdout.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        text = line.rstrip("\r\n")
+        command = text.strip()
+        if not command:
+            continue
+        if command == "/exit":
+            break
+        if command == "/reset":
+            history = []
+            print("(history cleared)", file=stderr)
+            continue
+        if command.startswith("/"):
+            print(f"unknown command {command}: use /reset or /exit", file=stderr)
+            continue
+        if any(t in text for t in SPECIAL_TOKENS):
+            print("the message contains a special token such as <|im_start|>; rephrase it", file=stderr)
+            continue
+        prompt, kept = fit_history(tokenizer, system_turns, history + [{"role": "user", "content": text}], context, reserve)
+        if prompt is None:
+            print(f"the message is too long for the model's context of {context} tokens; shorten it", file=stderr)
+            continue
+        if interactive:
+            stdout.write("bot> ")
+        reply, shown = [], ""
+        for token in stream(model, prompt, max_new_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, stop_ids=stops, seed=seed + turn):
+            reply.append(token)
+            decoded = tokenizer.decode(reply, skip_special=True)
+            if not decoded.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                stdout.write(decoded[len(shown):])
+                stdout.flush()
+                shown = decoded
+        decoded = tokenizer.decode(reply, skip_special=True)
+        stdout.write(decoded[len(shown):] + "\n")
+        stdout.flush()
+        if len(reply) >= min(max_tokens, context - len(prompt)):
+            print(f"(reply cut after {len(reply)} tokens: raise --max-tokens or /reset)", file=stderr)
+        history = kept + [{"role": "assistant", "content": decoded}]
+        turn += 1
+
+
+def cmd_chat(args) -> None:
+    from rain.posttrain.sft import checkpoint_chat_template
+
+    model, cfg, tokenizer, folder = load_checkpoint(args.checkpoint, args.device)
+    if checkpoint_chat_template(folder) is None:
+        raise RainError(f"{folder} is a base model without a chat template: fine-tune it with `rain sft` first, "
+                        "or complete text with `rain sample`")
+    chat_loop(model, tokenizer, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
+              top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sft", help="fine-tune a checkpoint on conversations (chat SFT)", description=
+                       "Supervised fine-tuning from BASE's weights (fresh optimizer and schedule) on chat data, with "
+                       "the loss on assistant tokens only and several conversations packed per window. Writes the "
+                       "same run folder as `rain train`; its checkpoints carry the chat template.")
+    p.add_argument("base", help="the base checkpoint folder, or a run folder (its last checkpoint)")
+    p.add_argument("--data", nargs="+", required=True, help="chat data files: messages jsonl, Alpaca json/jsonl, OASST trees")
+    p.add_argument("--format", default="auto", choices=("auto", "messages", "alpaca", "oasst"),
+                   help="the data format (default: detected per file)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over the training conversations (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="optimizer steps (wins over --epochs)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: a tenth of the base run's)")
+    p.add_argument("--batch", type=int, default=16, help="windows per optimizer step (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="conversations held out, by hash (default: %(default)s)")
+    p.add_argument("--overflow", default="drop", choices=("drop", "truncate"), help="a conversation longer than the "
+                   "context is dropped and counted, or cut after its last assistant turn that fits (default: %(default)s)")
+    p.add_argument("--no-mask", action="store_true", help="train on every token, prompts and role headers included")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value of the run, e.g. --set train.eval_every=50 (repeatable)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--stop-after", type=int, help="save and stop after this step (continue later with --resume)")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("chat", help="chat with a fine-tuned checkpoint in the terminal", description=
+                       "Multi-turn chat with streamed replies; the oldest turns are dropped when the context fills. "
+                       "Reads lines from stdin (pipe them in to script it). /reset clears the history, /exit quits.")
+    p.add_argument("checkpoint", help="a checkpoint folder or run folder from `rain sft`")
+    p.add_argument("--system", help="a system prompt placed before the conversation")
+    _add_sampling_args(p)
+    p.set_defaults(max_tokens=256, temperature=0.7)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_chat)
