@@ -1,0 +1,111 @@
+import gc
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rain.cli import main
+from rain.config import load_config
+from rain.model import Transformer
+from rain.train import bench, trainer
+from rain.train.metrics import read_metrics
+from rain.train.trainer import Prefetcher, train
+from tests.conftest import small_model_config, tiny_run_config
+
+SMALL = ["model.vocab_size=512", "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.n_kv_head=2",
+         "model.d_ff=128", "model.context=32", "train.device='cpu'"]
+
+
+def quiet(*_):
+    pass
+
+
+def test_bench_times_rain_and_transformers_of_the_same_shape():
+    cfg = load_config("tiny", SMALL)
+    r = bench.bench(cfg, micro_batch=2, precision="fp32", compile_model=False, steps=2, warmup=1, log=quiet)
+    rain, hf = r["rain"], r["transformers"]
+    assert hf["model"] == "Qwen3ForCausalLM" and rain["parameters"] == hf["parameters"]
+    assert rain["flops_per_token"] == hf["flops_per_token"]
+    for x in (rain, hf):
+        assert x["tokens_per_s"] > 0 and x["mfu"] is None  # no MFU denominator for a CPU
+        assert x["flops_per_s"] == pytest.approx(x["tokens_per_s"] * x["flops_per_token"], rel=1e-2)
+        assert set(x["split_ms"]) == {"forward_backward", "optimizer", "data"}
+        assert sum(x["split_ms"].values()) <= x["step_ms"] * 1.05
+        assert abs(x["final_loss"] - math.log(512)) < 0.5  # random tokens
+    assert r["speedup_vs_transformers"] == pytest.approx(rain["tokens_per_s"] / hf["tokens_per_s"], rel=1e-2)
+    assert (r["micro_batch"], r["seq_len"], r["device_type"]) == (2, 32, "cpu")
+
+
+def test_bench_command_prints_json_for_a_llama_shape_with_muon_and_bf16_weights(capsys):
+    sets = [a for s in SMALL + ["model.qk_norm=false"] for a in ("--set", s)]
+    code = main(["bench", "--preset", "tiny", *sets, "--micro-batch", "2", "--steps", "1", "--warmup", "0",
+                 "--optimizer", "muon", "--precision", "bf16-master", "--json"])
+    assert code == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["transformers"]["model"] == "LlamaForCausalLM"
+    assert (r["optimizer"], r["precision"], r["preset"]) == ("muon", "bf16-master", "tiny")
+
+
+def test_bench_table_and_user_errors(capsys):
+    sets = [a for s in SMALL for a in ("--set", s)]
+    assert main(["bench", *sets, "--micro-batch", "2", "--steps", "1", "--warmup", "0", "--no-hf"]) == 0
+    out = capsys.readouterr().out
+    assert "rain (Transformer)" in out and "transformers" not in out.split("\n", 1)[1]
+    assert main(["bench", *sets, "--micro-batch", "two"]) == 2
+    assert "--micro-batch 'two'" in capsys.readouterr().err
+    assert main(["bench", *sets, "--steps", "0"]) == 2
+
+
+def test_master_weights_keep_fp32_copies_and_write_bf16_back():
+    torch.manual_seed(0)
+    model = Transformer(small_model_config())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mw = bench.MasterWeights(model, lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert model.rope_cos.dtype == torch.float32
+    x = torch.randint(0, 512, (2, 33))
+    model(x[:, :-1], x[:, 1:]).backward()
+    mw.step(grad_clip=1.0)
+    for (name, p), m in zip(model.named_parameters(), mw.master.parameters()):
+        assert m.dtype == torch.float32 and torch.equal(p, m.to(torch.bfloat16)) and p.grad is None
+        assert not torch.equal(m, before[name])
+
+
+class Counter:
+    def __init__(self):
+        self.consumed = 0
+
+    def next_batch(self):
+        self.consumed += 1
+        return torch.tensor([self.consumed]), torch.tensor([-self.consumed]), None
+
+    def state_dict(self):
+        return {"consumed": self.consumed}
+
+
+def test_prefetcher_reports_the_position_of_the_batches_handed_out():
+    plain, ahead = Prefetcher(Counter(), torch.device("cpu")), Prefetcher(Counter(), torch.device("cpu"), ahead=True)
+    for i in range(1, 4):
+        a, b = plain.next_batch(), ahead.next_batch()
+        assert int(a[0]) == int(b[0]) == i and b[2] is None
+        assert plain.state_dict() == ahead.state_dict() == {"consumed": i}
+    assert ahead.data.consumed == 4  # one batch in flight
+
+
+def test_resume_is_bit_identical_with_batches_prefetched(tiny_data, tmp_path, monkeypatch):
+    cfg = tiny_run_config(tiny_data, max_steps=4, log_every=1, eval_every=2, checkpoints=0)
+    train(cfg, tmp_path / "straight", log=quiet)
+    monkeypatch.setattr(trainer, "Prefetcher", lambda data, device: Prefetcher(data, device, ahead=True))
+    train(cfg, tmp_path / "broken", stop_after=1, log=quiet)
+    train(cfg, tmp_path / "broken", resume=True, log=quiet)
+    assert gc.isenabled()
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in read_metrics(run) if r["kind"] == "train"]
+
+    assert losses(tmp_path / "broken") == losses(tmp_path / "straight")
+    a = load_file(str(tmp_path / "straight/checkpoints/last/model.safetensors"))
+    b = load_file(str(tmp_path / "broken/checkpoints/last/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,172 @@
+"""The CUDA fast path; skipped without a GPU."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rain.config import TrainConfig, load_config
+from rain.model import Transformer
+from rain.model.transformer import linear_cross_entropy
+from rain.train import bench
+from rain.train.optim import build_optimizer
+from tests.conftest import small_model_config
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    """Reference computations in true fp32 (no TF32), restored afterwards."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def batch(cfg, b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, cfg.vocab_size, (b, cfg.context + 1), generator=g)
+    return tokens[:, :-1].cuda(), tokens[:, 1:].cuda()
+
+
+def test_bf16_autocast_loss_is_within_tolerance_of_fp32():
+    cfg = small_model_config(context=128)
+    model = Transformer(cfg).cuda()
+    x, y = batch(cfg)
+    fp32 = model(x, y)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16 = model(x, y)
+    assert abs(float(bf16) - float(fp32)) < 0.02
+    fp32.backward()
+    g32 = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(x, y).backward()
+    for n, p in model.named_parameters():
+        assert F.cosine_similarity(p.grad.flatten(), g32[n].flatten(), dim=0) > 0.99, n
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_compiled_and_eager_models_give_the_same_loss_and_grads(autocast):
+    cfg = small_model_config(context=128)
+    model = Transformer(cfg).cuda()
+    compiled = torch.compile(model)
+    x, y = batch(cfg)
+    results = []
+    for m in (model, compiled):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = m(x, y)
+        loss.backward()
+        results.append((float(loss), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (eager_loss, eager_grad), (comp_loss, comp_grad) = results
+    tol = 1e-2 if autocast else 1e-4
+    assert abs(eager_loss - comp_loss) < tol
+    assert F.cosine_similarity(eager_grad, comp_grad, dim=0) > (0.999 if autocast else 0.99999)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_document_masked_attention_equals_attention_per_document(dtype):
+    cfg = small_model_config(context=96)
+    model = Transformer(cfg).cuda().eval()
+    lengths = [30, 50, 16]
+    docs = [torch.randint(0, cfg.vocab_size, (n,), device="cuda") for n in lengths]
+    packed = torch.cat(docs)[None]
+    doc_ids = torch.cat([torch.full((n,), i, device="cuda") for i, n in enumerate(lengths)])[None]
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        together = model(packed, doc_ids=doc_ids)[0].float()
+        alone = torch.cat([model(d[None])[0].float() for d in docs])
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    assert (together - alone).abs().max() < tol * alone.abs().max()
+
+
+def test_training_attention_runs_on_the_flash_kernel():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg = small_model_config(context=256, d_model=256, n_head=4, n_kv_head=2)  # head dim 64, grouped K/V
+    model = Transformer(cfg).cuda()
+    x, y = batch(cfg)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(x, y).backward()  # raises if flash cannot take rain's attention
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(x, y).backward()
+
+    assert "flash" in bench.attention_kernels(step)
+
+
+def test_chunked_loss_matches_full_logits_in_bf16():
+    torch.manual_seed(0)
+    x = torch.randn(4096, 256, device="cuda", requires_grad=True)
+    w = (torch.randn(8192, 256, device="cuda") * 0.05).requires_grad_()
+    t = torch.randint(0, 8192, (4096,), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = F.cross_entropy((x @ w.T).float(), t)
+        loss = linear_cross_entropy(x, w, t, chunk=1000)
+    gx_ref, gw_ref = torch.autograd.grad(ref, (x, w))
+    gx, gw = torch.autograd.grad(loss, (x, w))
+    assert abs(float(loss) - float(ref)) < 1e-2
+    assert F.cosine_similarity(gx.flatten(), gx_ref.flatten(), dim=0) > 0.999
+    assert F.cosine_similarity(gw.flatten(), gw_ref.flatten(), dim=0) > 0.999
+
+
+def test_fused_adamw_and_muon_build_and_step_on_cuda():
+    model = Transformer(small_model_config()).cuda()
+    x, y = batch(model.cfg)
+    for name in ("adamw", "muon"):
+        opt = build_optimizer(model, TrainConfig(max_steps=1, optimizer=name), "cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(x, y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_training_step_never_waits_for_the_gpu(optimizer):
+    from rain.train.bench import SyntheticTokens
+    from rain.train.trainer import Prefetcher
+
+    cfg = small_model_config()
+    model = Transformer(cfg).cuda()
+    opt = build_optimizer(model, TrainConfig(max_steps=1, optimizer=optimizer), "cuda")
+    batches = Prefetcher(SyntheticTokens(cfg.vocab_size, 4, cfg.context), torch.device("cuda"))
+    loss_acc = torch.zeros((), device="cuda")
+
+    def step():
+        x, y, _ = batches.next_batch()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x, y)
+        loss.backward()
+        loss_acc.add_(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # the first step allocates optimizer state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_bench_on_cuda_reports_memory_kernels_and_mfu_fields():
+    cfg = load_config("tiny", ["model.n_layer=2", "train.device='cuda'"])
+    r = bench.bench(cfg, micro_batch=4, precision="bf16", compile_model=False, steps=3, warmup=1, log=lambda *_: None)
+    for kind in ("rain", "transformers"):
+        assert r[kind]["peak_memory_gb"] > 0 and r[kind]["attention_kernels"]
+    assert r["speedup_vs_transformers"] > 0
+
+
+def test_auto_micro_batch_probe_on_cuda_respects_the_budget():
+    cfg = load_config("tiny", ["train.device='cuda'", "train.batch_size=32", "train.micro_batch=32"])
+    device = torch.device("cuda")
+    peak = bench.cuda_step_peak(cfg, device)
+    small, large = peak(2), peak(8)
+    assert small is not None and large is not None and large > small
+    choice = bench.fit_micro_batch(cfg, device, peak_bytes=peak, budget=(small + large) / 2, log=lambda *_: None)
+    assert 2 <= choice < 8
