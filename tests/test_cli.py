@@ -104,6 +104,7 @@ def test_sample_and_eval_a_run(run_dir, capsys):
     first = capsys.readouterr().out
     assert main(["sample", str(run_dir), "--prompt", "alice has", "--max-tokens", "5", "--seed", "1"]) == 0
     assert capsys.readouterr().out == first and "alice has" in first
-    assert main(["eval", str(run_dir), "--batches", "2"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["step"] == 2 and report["val_loss"] > 0 and report["val_bpb"] > 0
+    assert main(["eval", str(run_dir), "--batches", "2", "--no-plot"]) == 0
+    rows = [json.loads(line) for line in (run_dir / "eval" / "results.jsonl").read_text().splitlines()]
+    overall = {r["metric"]: r["value"] for r in rows if r["task"] == "val" and r["source"] == "all"}
+    assert {r["step"] for r in rows} == {2} and overall["loss"] > 0 and overall["bpb"] > 0

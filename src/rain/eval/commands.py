@@ -47,10 +47,10 @@ def eval_data_dir(arg: str | None) -> str | None:
 
 
 def checkpoint_hooks(args) -> list:
-    """Extra per-checkpoint evaluations (rain.eval.runner.CheckpointHook), run after the benchmarks and
-    resumable like them: the prompt report (rain.eval.probes, `--prompts`) and the memorisation audit
-    (rain.eval.memorisation, `--memorisation`) plug in here."""
-    return []
+    """Extra per-checkpoint evaluations, resumable like the benchmarks (rain.eval.hooks)."""
+    from rain.eval.hooks import build_hooks
+
+    return build_hooks(args.prompts, args.memorisation, seed=args.prompt_seed)
 
 
 def cmd_eval(args) -> None:
@@ -98,5 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="folder for results.jsonl and the trends (default: RUN/eval)")
     p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
                    help="draw trends.png, every metric against tokens seen, beside trends.md (default: on)")
+    p.add_argument("--prompts", action="store_true", help="sample the probing prompt suite at every checkpoint into "
+                   "eval/prompts.md (bias, creative, basic-ability, code and fact prompts, with automatic checks)")
+    p.add_argument("--prompt-seed", type=int, default=0, help="sampling seed of the prompt suite (default: %(default)s)")
+    p.add_argument("--memorisation", action="store_true", help="find the longest verbatim training-data span in each "
+                   "probing completion (builds eval/memorisation_index once) into eval/memorisation.md")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)

@@ -109,7 +109,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if has_run:
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
-        for name in ("checkpoints", "tensorboard"):
+        for name in ("checkpoints", "tensorboard", "eval"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
