@@ -35,6 +35,7 @@ def test_bench_times_rain_and_transformers_of_the_same_shape():
         assert sum(x["split_ms"].values()) <= x["step_ms"] * 1.05
         assert abs(x["final_loss"] - math.log(512)) < 0.5  # random tokens
     assert r["speedup_vs_transformers"] == pytest.approx(rain["tokens_per_s"] / hf["tokens_per_s"], rel=1e-2)
+    assert r["speedup_runs"] == [r["speedup_vs_transformers"]]
     assert (r["micro_batch"], r["seq_len"], r["device_type"]) == (2, 32, "cpu")
 
 

@@ -131,13 +131,11 @@ def document_positions_and_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def _chunk_loss(x, w, targets):
-    """Summed cross-entropy of one chunk and its fp32 logits (for the gradient)."""
-    logits = (x @ w.T).float()
-    lse = logits.logsumexp(-1)
+    """Summed cross-entropy of one chunk, with its fp32 log-probabilities (for the gradient)."""
+    logp = torch.log_softmax(x @ w.T, dim=-1, dtype=torch.float32)
     valid = targets != -100
     safe = targets.clamp(min=0)
-    picked = logits.gather(1, safe[:, None]).squeeze(1)
-    return ((lse - picked) * valid).sum(), logits, lse, safe, valid
+    return -(logp.gather(1, safe[:, None]).squeeze(1) * valid).sum(), logp, safe, valid
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -153,11 +151,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = x.new_zeros((), dtype=torch.float32)
         for s in range(0, x.shape[0], chunk):
             xc = x[s : s + chunk].to(dtype)
-            loss, logits, lse, safe, valid = _chunk_loss(xc, w, targets[s : s + chunk])
+            loss, logp, safe, valid = _chunk_loss(xc, w, targets[s : s + chunk])
             total = total + loss
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            g = logp.exp_()  # softmax, in place
             g[torch.arange(g.shape[0], device=g.device), safe] -= 1
-            g = (g * valid[:, None]).to(dtype)
+            g = g.mul_(valid[:, None]).to(dtype)
             grad_x[s : s + chunk] = g @ w
             grad_w += (g.T @ xc).float()
         count = (targets != -100).sum()
