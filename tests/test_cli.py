@@ -108,3 +108,10 @@ def test_sample_and_eval_a_run(run_dir, capsys):
     rows = [json.loads(line) for line in (run_dir / "eval" / "results.jsonl").read_text().splitlines()]
     overall = {r["metric"]: r["value"] for r in rows if r["task"] == "val" and r["source"] == "all"}
     assert {r["step"] for r in rows} == {2} and overall["loss"] > 0 and overall["bpb"] > 0
+
+
+def test_help_does_not_import_torch():
+    # `rain --help` and every subcommand's --help answer at once: no stage pulls torch in to build the parser.
+    code = "import sys, rain.cli; rain.cli.build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

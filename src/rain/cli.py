@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rain.errors import RainError
 
-COMMAND_MODULES = ["rain.data.commands", "rain.eval.commands", "rain.posttrain.commands", "rain.export.commands", "rain.train.bench"]
+COMMAND_MODULES = ["rain.data.commands", "rain.eval.commands", "rain.posttrain.commands", "rain.export.commands", "rain.train.commands"]
 DEMO_PROMPTS = ["def fibonacci(n):", "The Python standard library", "Q: What is 12 + 30?\nA:"]
 
 
