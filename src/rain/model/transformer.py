@@ -138,6 +138,17 @@ def _chunk_loss(x, w, targets):
     return -(logp.gather(1, safe[:, None]).squeeze(1) * valid).sum(), logp, safe, valid
 
 
+def _logit_grad(logp, safe, valid):
+    """d(summed loss)/d(logits) = softmax - onehot(target), zero on ignored rows."""
+    if torch.compiler.is_compiling():  # pointwise, so Inductor makes it one pass
+        cols = torch.arange(logp.shape[1], device=logp.device)
+        p = logp.exp()
+        return torch.where(cols == safe[:, None], p - 1, p) * valid[:, None]
+    g = logp.exp_()  # eagerly: in place, no more (N, V) buffers
+    g[torch.arange(g.shape[0], device=g.device), safe] -= 1
+    return g.mul_(valid[:, None])
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """mean cross-entropy(x @ weight.T, targets), ignoring targets of -100, computed `chunk` rows at a time with the
     gradients worked out in the forward pass (as Liger-Kernel's fused linear cross-entropy does): neither the full
@@ -153,9 +164,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             xc = x[s : s + chunk].to(dtype)
             loss, logp, safe, valid = _chunk_loss(xc, w, targets[s : s + chunk])
             total = total + loss
-            g = logp.exp_()  # softmax, in place
-            g[torch.arange(g.shape[0], device=g.device), safe] -= 1
-            g = g.mul_(valid[:, None]).to(dtype)
+            g = _logit_grad(logp, safe, valid).to(dtype)
             grad_x[s : s + chunk] = g @ w
             grad_w += (g.T @ xc).float()
         count = (targets != -100).sum()
