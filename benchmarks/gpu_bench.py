@@ -7,11 +7,11 @@ runs); a markdown table of everything in FILE is printed at the end.
     python benchmarks/gpu_bench.py --table bench.jsonl                                # table only
 
 Groups, most important first (each rain-v2 run with transformers compiled too takes a few minutes):
-  core       rain-v2 64x1024 and gpt2-124m 16x1024, bf16 autocast, compiled, vs transformers
+  core       rain-v2 and gpt2-124m at 32x1024, bf16 autocast, compiled, vs transformers
   eager      the same two uncompiled, vs transformers
   precision  rain-v2 with bf16 weights + fp32 master copies, and in TF32 fp32
   ablations  rain-v2 compiled with one part of the fast path switched off at a time
-  memory     rain-v2 --micro-batch auto in a 24 GB budget (peak per micro-batch), activation checkpointing
+  memory     rain-v2 --micro-batch auto in a 24 GB budget (peak per micro-batch); 64x1024 checkpointed
   optimizer  rain-v2 with Muon
   tiny       the tiny preset on the GPU, vs transformers
 """
@@ -24,17 +24,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-V2 = ["--preset", "rain-v2", "--micro-batch", "64", "--precision", "bf16"]
+# rain-v2 at 32 x 1024: 64 x 1024 without activation checkpointing needs ~85 GB in eager mode
+# (benchmarks/activation_memory.py); the memory group runs 64 x 1024 with checkpointing.
+V2 = ["--preset", "rain-v2", "--micro-batch", "32", "--precision", "bf16"]
+GPT2 = ["--preset", "gpt2-124m", "--micro-batch", "32", "--precision", "bf16"]
 GROUPS = {
-    "core": [V2 + ["--compile"], ["--preset", "gpt2-124m", "--micro-batch", "16", "--precision", "bf16", "--compile"]],
-    "eager": [V2 + ["--no-compile"], ["--preset", "gpt2-124m", "--micro-batch", "16", "--precision", "bf16", "--no-compile"]],
-    "precision": [["--preset", "rain-v2", "--micro-batch", "64", "--precision", "bf16-master", "--compile", "--no-hf"],
-                  ["--preset", "rain-v2", "--micro-batch", "32", "--precision", "fp32", "--compile", "--no-hf"]],
+    "core": [V2 + ["--compile"], GPT2 + ["--compile"]],
+    "eager": [V2 + ["--no-compile"], GPT2 + ["--no-compile"]],
+    "precision": [["--preset", "rain-v2", "--micro-batch", "32", "--precision", p, "--compile", "--no-hf"]
+                  for p in ("bf16-master", "fp32")],
     "ablations": [V2 + ["--compile", "--no-hf", "--disable", part]
                   for part in ("chunked-loss", "sdpa-gqa", "prefetch", "gc-pause")],
-    "memory": [["--preset", "rain-v2", "--micro-batch", "auto", "--memory-gb", "24", "--precision", "bf16", "--compile",
-                "--no-hf", "--steps", "5"],
-               V2 + ["--compile", "--no-hf", "--checkpoint-layers", "32"]],
+    "memory": [["--preset", "rain-v2", "--micro-batch", "auto", "--memory-gb", "24", "--precision", "bf16",
+                "--compile", "--no-hf", "--steps", "5"],
+               ["--preset", "rain-v2", "--micro-batch", "64", "--precision", "bf16", "--compile", "--no-hf",
+                "--checkpoint-layers", "32"]],
     "optimizer": [V2 + ["--compile", "--no-hf", "--optimizer", "muon"]],
     "tiny": [["--preset", "tiny", "--micro-batch", "64", "--precision", "bf16", "--compile"]],
 }
