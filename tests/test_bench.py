@@ -59,6 +59,15 @@ def test_bench_table_and_user_errors(capsys):
     assert main(["bench", *sets, "--steps", "0"]) == 2
 
 
+def test_bench_follows_a_preset_that_asks_for_auto_micro_batch(capsys):
+    # rain-v2 sets train.auto_micro_batch: `rain bench` without --micro-batch must probe, not take 64 blindly.
+    sets = [a for s in SMALL + ["train.micro_batch=2", "train.batch_size=4", "train.auto_micro_batch=true"]
+            for a in ("--set", s)]
+    assert main(["bench", *sets, "--steps", "1", "--warmup", "0", "--no-hf", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["micro_batch"] == 2 and "micro_batch_probe" in r  # a CPU has no memory to probe: the preset's value
+
+
 def test_master_weights_keep_fp32_copies_and_write_bf16_back():
     torch.manual_seed(0)
     model = Transformer(small_model_config())

@@ -52,7 +52,7 @@ def cmd_bench(args) -> None:
     precision = args.precision or cfg.train.dtype
     if precision == "auto":
         precision = "bf16" if pick_device(cfg.train.device).type == "cuda" else "fp32"
-    micro_batch = args.micro_batch or str(cfg.train.micro_batch)
+    micro_batch = args.micro_batch or ("auto" if cfg.train.auto_micro_batch else str(cfg.train.micro_batch))
     if micro_batch != "auto" and not micro_batch.isdigit():
         raise RainError(f"--micro-batch {micro_batch!r}: a positive number or auto")
     compile_model = cfg.train.compile if args.compile is None else args.compile
@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "of identical shape with the same optimizer and settings, and the ratio.")
     p.add_argument("--preset", default="tiny", help="a preset in configs/ or a TOML file (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
-    p.add_argument("--micro-batch", help="sequences per step, or auto: the largest that fits (CUDA; default: the preset's)")
+    p.add_argument("--micro-batch", help="sequences per step, or auto: the largest that fits (CUDA; default: the preset's micro_batch, or auto where it sets train.auto_micro_batch)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile both models (default: the preset's train.compile)")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32, bf16 (autocast, fp32 weights) or bf16-master (bf16 "
