@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from rain.config import ModelConfig, RunConfig, load_config
+from rain.config import ModelConfig, RunConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -68,3 +69,18 @@ def tiny_data(tmp_path_factory) -> Path:
 def _seed():
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+def train_losses(run_dir) -> list[tuple[int, float]]:
+    from rain.train.metrics import read_metrics
+
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["kind"] == "train"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two runs logged the same train losses and ended with bit-identical weights."""
+    assert train_losses(a) == train_losses(b)
+    wa = load_file(str(a / "checkpoints/last/model.safetensors"))
+    wb = load_file(str(b / "checkpoints/last/model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+

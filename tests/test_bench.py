@@ -4,15 +4,13 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from rain.cli import main
 from rain.config import load_config
 from rain.model import Transformer
 from rain.train import bench, trainer
-from rain.train.metrics import read_metrics
 from rain.train.trainer import Prefetcher, train
-from tests.conftest import small_model_config, tiny_run_config
+from tests.conftest import assert_same_run, small_model_config, tiny_run_config
 
 SMALL = ["model.vocab_size=512", "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.n_kv_head=2",
          "model.d_ff=128", "model.context=32", "train.device='cpu'"]
@@ -111,11 +109,4 @@ def test_resume_is_bit_identical_with_batches_prefetched(tiny_data, tmp_path, mo
     train(cfg, tmp_path / "broken", stop_after=1, log=quiet)
     train(cfg, tmp_path / "broken", resume=True, log=quiet)
     assert gc.isenabled()
-
-    def losses(run):
-        return [(r["step"], r["loss"]) for r in read_metrics(run) if r["kind"] == "train"]
-
-    assert losses(tmp_path / "broken") == losses(tmp_path / "straight")
-    a = load_file(str(tmp_path / "straight/checkpoints/last/model.safetensors"))
-    b = load_file(str(tmp_path / "broken/checkpoints/last/model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(tmp_path / "broken", tmp_path / "straight")

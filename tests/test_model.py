@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rain.model.generate import generate
 from rain.model.transformer import Attention, Transformer, apply_rope, rope_tables

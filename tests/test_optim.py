@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from rain.config import TrainConfig
 from rain.model import Transformer

@@ -18,9 +18,8 @@ from rain.model import Transformer
 from rain.posttrain.chat import CHAT_TEMPLATE, encode_chat
 from rain.posttrain.commands import chat_loop, fit_history
 from rain.posttrain.sft import SFTData, checkpoint_chat_template, run_sft
-from rain.train.metrics import read_metrics
 from rain.train.trainer import train
-from tests.conftest import small_model_config, tiny_run_config
+from tests.conftest import assert_same_run, small_model_config, tiny_run_config, train_losses
 
 CONTEXT = 128
 NAMES, THINGS = ["alice", "bob", "carol", "dave"], ["apples", "books", "cars", "stones"]
@@ -151,14 +150,8 @@ def test_sft_run_resumes_exactly_and_marks_a_chat_model(base, chat_file, tmp_pat
     summary = run_sft(base, [chat_file], tmp_path / "straight", **opts)
     run_sft(base, [chat_file], tmp_path / "broken", stop_after=2, **opts)
     run_sft(base, [chat_file], tmp_path / "broken", resume=True, **opts)
-
-    def losses(run):
-        return [(r["step"], r["loss"]) for r in read_metrics(run) if r["kind"] == "train"]
-
-    assert len(losses(tmp_path / "straight")) == 4 and losses(tmp_path / "broken") == losses(tmp_path / "straight")
-    a = load_file(str(tmp_path / "straight/checkpoints/last/model.safetensors"))
-    b = load_file(str(tmp_path / "broken/checkpoints/last/model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(train_losses(tmp_path / "straight")) == 4
+    assert_same_run(tmp_path / "broken", tmp_path / "straight")
 
     last = tmp_path / "straight/checkpoints/last"
     assert checkpoint_chat_template(last) == CHAT_TEMPLATE and checkpoint_chat_template(base / "checkpoints/last") is None

@@ -1,8 +1,6 @@
 import json
-import shutil
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from rain.config import load_config
@@ -13,15 +11,11 @@ from rain.model import Transformer
 from rain.train import checkpoint as ckpt
 from rain.train.metrics import read_metrics
 from rain.train.trainer import train
-from tests.conftest import tiny_run_config
+from tests.conftest import assert_same_run, tiny_run_config, train_losses
 
 
 def quiet(*_):
     pass
-
-
-def train_losses(run_dir):
-    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["kind"] == "train"]
 
 
 def test_run_writes_records_and_checkpoints(tiny_data, tmp_path):
@@ -48,10 +42,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
     train(cfg, tmp_path / "broken", stop_after=3, log=quiet)
     assert max(s for s, _ in train_losses(tmp_path / "broken")) == 3
     train(cfg, tmp_path / "broken", resume=True, log=quiet)
-    assert train_losses(tmp_path / "broken") == train_losses(tmp_path / "straight")
-    a = load_file(str(tmp_path / "straight/checkpoints/last/model.safetensors"))
-    b = load_file(str(tmp_path / "broken/checkpoints/last/model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(tmp_path / "broken", tmp_path / "straight")
 
 
 def test_resume_mid_log_window_logs_the_same_means(tiny_data, tmp_path):

@@ -7,8 +7,12 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rain.errors import RainError
+
+if TYPE_CHECKING:
+    from rain.config import RunConfig
 
 COMMAND_MODULES = ["rain.data.commands", "rain.eval.commands", "rain.posttrain.commands", "rain.export.commands", "rain.train.commands"]
 DEMO_PROMPTS = ["def fibonacci(n):", "The Python standard library", "Q: What is 12 + 30?\nA:"]
