@@ -16,7 +16,7 @@ import sys
 
 from rain.config import load_config
 from rain.train.bench import device_name, measure
-from rain.train.commands import FAST_PATH
+from rain.train.commands import FAST_PATH, PRECISIONS
 from rain.train.trainer import pick_device
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--micro-batch", type=int, help="default: the preset's")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "bf16-master"))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--parts", default=",".join(FAST_PATH), help="comma-separated, of: %(default)s")
     p.add_argument("--repeats", type=int, default=3)

@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "of identical shape with the same optimizer and settings, and the ratio.")
     p.add_argument("--preset", default="tiny", help="a preset in configs/ or a TOML file (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
-    p.add_argument("--micro-batch", help="sequences per step, or auto: the largest that fits (CUDA; default: the preset's micro_batch, or auto where it sets train.auto_micro_batch)")
+    p.add_argument("--micro-batch", help="sequences per step, or auto: the largest that fits (CUDA; default: the "
+                   "preset's micro_batch, or auto where it sets train.auto_micro_batch)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile both models (default: the preset's train.compile)")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32, bf16 (autocast, fp32 weights) or bf16-master (bf16 "
