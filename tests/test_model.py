@@ -129,3 +129,22 @@ def test_tiny_model_overfits_one_batch():
         loss.backward()
         opt.step()
     assert first > 5.5 and loss.item() < 0.2
+
+
+def test_compiled_model_has_no_graph_break_and_matches_eager():
+    # What the GPU trainer runs (torch.compile of the whole model, loss included), checked on CPU: fullgraph
+    # fails on any graph break, which would split the step into slower pieces.
+    cfg = small_model_config(context=64)
+    model = Transformer(cfg)
+    compiled = torch.compile(model, fullgraph=True)
+    x, y = torch.randint(0, cfg.vocab_size, (2, 2, 64)).unbind(0)
+    for doc in (None, torch.tensor([[0] * 20 + [1] * 44, [0] * 64])):
+        results = []
+        for m in (model, compiled):
+            model.zero_grad(set_to_none=True)
+            loss = m(x, y, doc_ids=doc)
+            loss.backward()
+            results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+        (eager_loss, eager_grad), (comp_loss, comp_grad) = results
+        assert torch.allclose(eager_loss, comp_loss, atol=1e-5)
+        assert torch.allclose(eager_grad, comp_grad, atol=1e-5)
