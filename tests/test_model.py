@@ -96,6 +96,18 @@ def test_sampling_is_seeded_and_respects_limits():
     assert c == a[: a.index(stop)]
 
 
+def test_padded_vocabulary_ids_are_never_sampled():
+    # A vocabulary padded past the tokenizer's (gpt2-124m: 50,304 rows for 50,257 tokens) must not emit ids the
+    # tokenizer cannot decode, greedy or sampled, even when the padded rows score highest.
+    model = Transformer(small_model_config()).eval()
+    model.lm_head.register_forward_hook(lambda _m, _i, logits: logits.index_fill(-1, torch.arange(300, 512), 100.0))
+    for temperature in (0.0, 1.0):
+        free = generate(model, [1, 2, 3], max_new_tokens=10, temperature=temperature, top_k=0, seed=0)
+        limited = generate(model, [1, 2, 3], max_new_tokens=10, temperature=temperature, top_k=0, seed=0,
+                           vocab_limit=300)
+        assert max(free) >= 300 and max(limited) < 300
+
+
 def test_prompt_longer_than_context_is_refused():
     model = Transformer(small_model_config(context=16)).eval()
     with pytest.raises(ValueError, match="context"):

@@ -87,7 +87,7 @@ def cmd_sample(args) -> None:
         if len(ids) >= cfg.model.context:
             raise RainError(f"prompt {i + 1} has {len(ids)} tokens; the model's context is {cfg.model.context}: shorten it")
         out = generate(model, ids, max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, stop_ids=(tok.eot_id,), seed=args.seed + i)
+                       top_p=args.top_p, stop_ids=(tok.eot_id,), seed=args.seed + i, vocab_limit=tok.vocab_size)
         print(f"--- {prompt!r}\n{prompt}{tok.decode(out)}\n")
 
 

@@ -114,7 +114,8 @@ class RainLM(TemplateLM):
             ids = self.tok_encode(context) or [self.eot_token_id]
             ids = ids[-(self.max_length - max_gen) :]  # room for the generation, as HFLM does
             gen: list[int] = []
-            tokens = stream(self.model, ids, max_new_tokens=max_gen, temperature=0.0, stop_ids=(self.eot_token_id,))
+            tokens = stream(self.model, ids, max_new_tokens=max_gen, temperature=0.0, stop_ids=(self.eot_token_id,),
+                            vocab_limit=self.rain_tokenizer.vocab_size)
             for token in tokens:
                 gen.append(token)
                 if until and any(u in self.tok_decode(gen) for u in until):

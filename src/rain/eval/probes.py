@@ -174,7 +174,7 @@ def run_prompt_suite(model, tokenizer: Tokenizer, suite: list[dict] | None = Non
         if truncated:
             ids = ids[-(context - room):]
         out = generate(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       stop_ids=(tokenizer.eot_id,), seed=prompt_seed(seed, entry["id"]))
+                       stop_ids=(tokenizer.eot_id,), seed=prompt_seed(seed, entry["id"]), vocab_limit=tokenizer.vocab_size)
         completion = tokenizer.decode(out)
         results.append({**entry, "completion": completion, "completion_ids": out, "truncated": truncated,
                         "settings": settings, "checks": completion_checks(completion, entry)})

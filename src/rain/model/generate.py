@@ -37,8 +37,10 @@ def stream(
     top_p: float = 1.0,
     stop_ids: tuple[int, ...] = (),
     seed: int | None = None,
+    vocab_limit: int | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids one at a time; stops at a stop id (not yielded), the limit or the context."""
+    """Yield new token ids one at a time; stops at a stop id (not yielded), the limit or the context.
+    vocab_limit: ids at or past it are never produced (a vocabulary padded past the tokenizer's, for speed)."""
     ctx = model.cfg.context
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")
@@ -50,6 +52,8 @@ def stream(
     cache = KVCache(model.cfg, 1, len(prompt) + max_new_tokens, device, next(model.parameters()).dtype)
     logits = model(torch.tensor([prompt], device=device), cache=cache)[:, -1]
     for _ in range(max_new_tokens):
+        if vocab_limit is not None:
+            logits[:, vocab_limit:] = float("-inf")
         token = int(sample_next(logits, temperature, top_k, top_p, gen)[0])
         if token in stop_ids:
             return

@@ -82,7 +82,7 @@ def chat_loop(model, tokenizer, *, system: str | None = None, max_tokens: int = 
             stdout.write("bot> ")
         reply, shown = [], ""
         for token in stream(model, prompt, max_new_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, stop_ids=stops, seed=seed + turn):
+                            top_p=top_p, stop_ids=stops, seed=seed + turn, vocab_limit=tokenizer.vocab_size):
             reply.append(token)
             decoded = tokenizer.decode(reply, skip_special=True)
             if not decoded.endswith("\ufffd"):  # wait for the rest of a multi-byte character
