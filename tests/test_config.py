@@ -15,7 +15,7 @@ def count_params(vocab, layers, d, heads, kv, head_dim, ff, qk_norm):
 @pytest.mark.parametrize("preset, expected", [
     ("tiny", count_params(8192, 4, 256, 4, 2, 64, 768, True)),
     ("rain-v2", count_params(16384, 32, 512, 8, 4, 64, 2048, True)),
-    ("gpt2-124m", count_params(50257, 12, 768, 12, 12, 64, 2048, False)),
+    ("gpt2-124m", count_params(50304, 12, 768, 12, 12, 64, 2048, False)),
 ])
 def test_preset_parameter_counts(preset, expected):
     cfg = load_config(preset)

@@ -28,7 +28,7 @@ FALLBACK_PRESETS = {
     "rain-v2": dict(
         vocab_size=16384, d_model=512, n_head=8, n_kv_head=4, head_dim=64, d_ff=2048, context=1024, qk_norm=True
     ),
-    "gpt2-124m": dict(vocab_size=50257, d_model=768, n_head=12, n_kv_head=12, d_ff=2048, context=1024, qk_norm=False),
+    "gpt2-124m": dict(vocab_size=50304, d_model=768, n_head=12, n_kv_head=12, d_ff=2048, context=1024, qk_norm=False),
 }
 
 
