@@ -1,4 +1,5 @@
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,4 +84,19 @@ def assert_same_run(a: Path, b: Path) -> None:
     wa = load_file(str(a / "checkpoints/last/model.safetensors"))
     wb = load_file(str(b / "checkpoints/last/model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def random_hf_folder(folder: Path, config, tokenizer: Path | None = None):
+    """A transformers model of `config` with seeded random weights (norm gains away from 1), saved to folder."""
+    import transformers
+
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.05) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    hf.save_pretrained(folder)
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, folder / "tokenizer.json")
+    return hf
 

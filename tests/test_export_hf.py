@@ -21,6 +21,7 @@ from rain.export.hf import export_hf, load_hf_checkpoint  # noqa: E402
 from rain.model import Transformer  # noqa: E402
 from rain.model.generate import generate  # noqa: E402
 from rain.posttrain.chat import CHAT_TEMPLATE  # noqa: E402
+from tests.conftest import random_hf_folder  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 FALLBACK_PRESETS = {
@@ -147,12 +148,7 @@ def test_import_transformers_checkpoint(arch, tmp_path):
         config = transformers.Qwen3Config(**common, head_dim=32, tie_word_embeddings=True)
     else:
         config = transformers.LlamaConfig(**common, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0, 0.05) if p.dim() > 1 else p.uniform_(0.5, 1.5)
-    hf.save_pretrained(tmp_path)
+    hf = random_hf_folder(tmp_path, config)
     cfg, state = load_hf_checkpoint(tmp_path)
     qwen = arch == "qwen3"
     assert (cfg.qk_norm, cfg.tie_embeddings, cfg.dim_head) == (qwen, qwen, 32 if qwen else 16)

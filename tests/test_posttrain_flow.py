@@ -26,7 +26,7 @@ from rain.train import checkpoint as ckpt  # noqa: E402
 from rain.train.data import PretrainData  # noqa: E402
 from rain.train.metrics import read_metrics  # noqa: E402
 from rain.train.trainer import build_model, train  # noqa: E402
-from tests.conftest import small_model_config, tiny_run_config  # noqa: E402
+from tests.conftest import random_hf_folder, small_model_config, tiny_run_config  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ALPACA = SHARED / "sft" / "rasbt_instruction_data" / "instruction-data.json"
@@ -176,18 +176,6 @@ def test_base_to_chat_model_to_transformers(tiny_data, tmp_path, capsys, monkeyp
     assert "chat_template" not in json.loads((tmp_path / "base_export/tokenizer_config.json").read_text())
     assert "a base model (text completion only)" in (tmp_path / "base_export/README.md").read_text()
     one_line_error(cli(["chat", tmp_path / "cpt"], capsys), "base model")
-
-
-def random_hf_folder(folder: Path, config, tokenizer: Path | None) -> "transformers.PreTrainedModel":
-    torch.manual_seed(0)
-    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0, 0.05) if p.dim() > 1 else p.uniform_(0.5, 1.5)
-    hf.save_pretrained(folder)
-    if tokenizer is not None:
-        shutil.copyfile(tokenizer, folder / "tokenizer.json")
-    return hf
 
 
 HF_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
