@@ -89,7 +89,9 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             gqa = False
         extra = {"enable_gqa": True} if gqa else {}
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and T > 1, **extra)
+        # is_causal implies no cached prefix (queries and keys align). It must not depend on T: a compiled model
+        # recompiled for a second length treats T as symbolic, and SDPA takes only a real bool.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, **extra)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
