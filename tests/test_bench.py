@@ -20,11 +20,15 @@ def quiet(*_):
     pass
 
 
-def test_bench_times_rain_and_transformers_of_the_same_shape():
-    cfg = load_config("tiny", SMALL)
+MOE = ["model.n_experts=4", "model.experts_per_token=2", "model.expert_d_ff=48"]
+
+
+@pytest.mark.parametrize("extra, hf_model", [([], "Qwen3ForCausalLM"), (MOE, "Qwen3MoeForCausalLM")])
+def test_bench_times_rain_and_transformers_of_the_same_shape(extra, hf_model):
+    cfg = load_config("tiny", SMALL + extra)
     r = bench.bench(cfg, micro_batch=2, precision="fp32", compile_model=False, steps=2, warmup=1, log=quiet)
     rain, hf = r["rain"], r["transformers"]
-    assert hf["model"] == "Qwen3ForCausalLM" and rain["parameters"] == hf["parameters"]
+    assert hf["model"] == hf_model and rain["parameters"] == hf["parameters"]
     assert rain["flops_per_token"] == hf["flops_per_token"]
     for x in (rain, hf):
         assert x["tokens_per_s"] > 0 and x["mfu"] is None  # no MFU denominator for a CPU

@@ -6,16 +6,19 @@ from rain.errors import RainError
 from rain.model import Transformer
 
 
-def count_params(vocab, layers, d, heads, kv, head_dim, ff, qk_norm):
-    """The arithmetic, independent of the model code: tied embedding + per-layer attention/MLP/norms + final norm."""
+def count_params(vocab, layers, d, heads, kv, head_dim, ff, qk_norm, experts=0):
+    """The arithmetic, independent of the model code: tied embedding + per-layer attention/MLP/norms + final norm
+    (an MoE MLP: `experts` SwiGLUs of width ff and a router)."""
     attn = d * heads * head_dim + 2 * d * kv * head_dim + heads * head_dim * d + (2 * head_dim if qk_norm else 0)
-    return vocab * d + layers * (attn + 3 * d * ff + 2 * d) + d
+    mlp = experts * (3 * d * ff + d) if experts else 3 * d * ff
+    return vocab * d + layers * (attn + mlp + 2 * d) + d
 
 
 @pytest.mark.parametrize("preset, expected", [
     ("tiny", count_params(8192, 4, 256, 4, 2, 64, 768, True)),
     ("rain-v2", count_params(16384, 32, 512, 8, 4, 64, 2048, True)),
     ("gpt2-124m", count_params(50304, 12, 768, 12, 12, 64, 2048, False)),
+    ("moe-150m", count_params(16384, 16, 512, 8, 4, 64, 640, True, experts=8)),
 ])
 def test_preset_parameter_counts(preset, expected):
     cfg = load_config(preset)

@@ -43,7 +43,9 @@ def preset_shapes() -> dict[str, ModelConfig]:
 SMALL = ModelConfig(
     vocab_size=640, n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=160, context=96, rope_theta=500.0
 )
-CASES = {"small": SMALL, "small-llama-untied": dataclasses.replace(SMALL, qk_norm=False, tie_embeddings=False)}
+CASES = {"small": SMALL, "small-llama-untied": dataclasses.replace(SMALL, qk_norm=False, tie_embeddings=False),
+         "small-moe": dataclasses.replace(SMALL, n_experts=4, experts_per_token=2, expert_d_ff=48)}
+ARCHITECTURE = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "llama": "LlamaForCausalLM"}
 CASES.update({f"preset-{name}": cfg for name, cfg in preset_shapes().items()})
 
 WORDS = "the a model token rain cloud river stone light data learns fast slow small large over under why how".split()
@@ -79,7 +81,8 @@ def test_transformers_matches_rain(name, tokenizer, tmp_path):
     model = random_model(cfg)
     out = export_hf(cfg, model.state_dict(), tokenizer, tmp_path / "hf", chat_template=CHAT_TEMPLATE)
     config = json.loads((out / "config.json").read_text())
-    assert config["architectures"] == ["Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"]
+    kind = "qwen3_moe" if cfg.n_experts else "qwen3" if cfg.qk_norm else "llama"
+    assert (config["model_type"], config["architectures"]) == (kind, [ARCHITECTURE[kind]])
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert hf.config.tie_word_embeddings == cfg.tie_embeddings
@@ -95,7 +98,7 @@ def test_transformers_matches_rain(name, tokenizer, tmp_path):
     assert ours == [t for t in theirs if t not in stops]
 
     cfg_back, state_back = load_hf_checkpoint(out)
-    assert cfg_back == dataclasses.replace(cfg, head_dim=cfg.dim_head)
+    assert cfg_back == dataclasses.replace(cfg, head_dim=cfg.dim_head, expert_d_ff=cfg.d_expert if cfg.n_experts else 0)
     back = Transformer(cfg_back).eval()
     back.load_state_dict(state_back)
     with torch.no_grad():
@@ -139,19 +142,23 @@ def test_export_refuses_existing_folder_and_leaves_no_temp(tokenizer, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe", "llama"])
 def test_import_transformers_checkpoint(arch, tmp_path):
     """A folder written by transformers itself (not by export_hf) loads into rain with the same logits."""
     common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
     if arch == "qwen3":
         config = transformers.Qwen3Config(**common, head_dim=32, tie_word_embeddings=True)
+    elif arch == "qwen3_moe":
+        config = transformers.Qwen3MoeConfig(**common, head_dim=32, tie_word_embeddings=True, num_experts=4,
+                                             num_experts_per_tok=2, moe_intermediate_size=40, norm_topk_prob=True)
     else:
         config = transformers.LlamaConfig(**common, tie_word_embeddings=False)
     hf = random_hf_folder(tmp_path, config)
     cfg, state = load_hf_checkpoint(tmp_path)
-    qwen = arch == "qwen3"
+    qwen = arch != "llama"
     assert (cfg.qk_norm, cfg.tie_embeddings, cfg.dim_head) == (qwen, qwen, 32 if qwen else 16)
+    assert (cfg.n_experts, cfg.d_expert) == ((4, 40) if arch == "qwen3_moe" else (0, 96))
     model = Transformer(cfg).eval()
     model.load_state_dict(state)
     ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(2))

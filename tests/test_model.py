@@ -123,8 +123,7 @@ def test_residual_stream_stays_stable_at_depth():
         h = model.embed(x)
         cos, sin = model.rope_cos[:32], model.rope_sin[:32]
         with torch.no_grad():
-            for layer in model.layers:
-                h = layer(h, cos, sin)
+            h, _ = model.blocks(h, cos, sin)
         norms[depth] = float(h.std())
     assert norms[32] / norms[4] < 1.5
 

@@ -40,6 +40,24 @@ def test_muon_step_matches_torch_muon():
     assert torch.allclose(ours.state[p]["momentum_buffer"], ref.state[p_ref]["momentum_buffer"])
 
 
+def test_a_stack_of_expert_matrices_steps_like_each_matrix_alone():
+    torch.manual_seed(0)
+    stacked = torch.nn.Parameter(torch.randn(3, 16, 8))
+    alone = [torch.nn.Parameter(m.detach().clone()) for m in stacked]
+    start = stacked.detach().clone()
+    opt_stacked = Muon([{"params": [stacked], "muon": True}], lr=0.02, weight_decay=0.1)
+    opt_alone = Muon([{"params": alone, "muon": True}], lr=0.02, weight_decay=0.1)
+    for _ in range(3):
+        g = torch.randn(3, 16, 8)
+        stacked.grad = g.clone()
+        for p, gi in zip(alone, g):
+            p.grad = gi.clone()
+        opt_stacked.step()
+        opt_alone.step()
+    assert torch.allclose(stacked, torch.stack(alone), atol=1e-6)
+    assert (stacked - start).abs().max() > 0.01
+
+
 def test_non_muon_groups_take_exactly_torch_adamw_steps():
     torch.manual_seed(0)
     w, b = torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(4))

@@ -31,10 +31,19 @@ class ModelConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    n_experts: int = 0  # > 0: every block's MLP is a mixture of this many SwiGLU experts (rain.model.moe)
+    experts_per_token: int = 2  # top-k experts each token is routed to
+    expert_d_ff: int = 0  # an expert's hidden width (0: d_ff)
+    capacity_factor: float = 1.25  # training: tokens an expert takes, x its fair share (0: dropless, slower)
+    router_aux_coef: float = 0.01  # weight of the load-balancing loss in training
 
     @property
     def dim_head(self) -> int:
         return self.head_dim or self.d_model // self.n_head
+
+    @property
+    def d_expert(self) -> int:
+        return self.expert_d_ff or self.d_ff
 
 
 @dataclass
@@ -218,6 +227,10 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"model.d_model ({m.d_model}) must be divisible by model.n_head ({m.n_head}), or set head_dim")
     if m.dim_head % 2:
         problems.append(f"head dim {m.dim_head} must be even for RoPE")
+    if m.n_experts < 0 or m.expert_d_ff < 0 or m.capacity_factor < 0 or m.router_aux_coef < 0:
+        problems.append("model.n_experts, expert_d_ff, capacity_factor and router_aux_coef must be >= 0")
+    elif m.n_experts and not 1 <= m.experts_per_token <= m.n_experts:
+        problems.append(f"model.experts_per_token ({m.experts_per_token}) must be between 1 and model.n_experts ({m.n_experts})")
     if t.micro_batch <= 0 or t.batch_size <= 0:
         problems.append("train.batch_size and train.micro_batch must be positive")
     elif t.batch_size % t.micro_batch:

@@ -103,7 +103,7 @@ def tokenize_requests(tokenizer: Tokenizer, requests: Sequence[tuple[str, str]])
 
 def _can_pack(model) -> bool:
     # The packed forward below drives rain.model.Transformer's blocks directly with a custom mask.
-    return all(hasattr(model, a) for a in ("embed", "layers", "norm", "lm_head", "rope_cos", "rope_sin"))
+    return all(hasattr(model, a) for a in ("embed", "blocks", "norm", "lm_head", "rope_cos", "rope_sin"))
 
 
 def _hidden_packed(model, idx: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -113,9 +113,7 @@ def _hidden_packed(model, idx: torch.Tensor, pos: torch.Tensor, mask: torch.Tens
     block-diagonal ones): same embedding, rotary tables, blocks and final norm.
     """
     cos, sin = model.rope_cos[pos][:, None], model.rope_sin[pos][:, None]
-    x = model.embed(idx)
-    for i, layer in enumerate(model.layers):
-        x = layer(x, cos, sin, mask[:, None], None, i)
+    x, _ = model.blocks(model.embed(idx), cos, sin, mask[:, None])
     return model.norm(x)
 
 

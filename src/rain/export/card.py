@@ -9,7 +9,9 @@ from pathlib import Path
 
 from rain.config import RunConfig
 from rain.errors import RainError
+from rain.export.hf import ARCHITECTURES, hf_model_type
 from rain.train import checkpoint as ckpt
+from rain.train.metrics import active_params
 
 
 def _read_json(path: Path) -> dict:
@@ -150,7 +152,7 @@ def _eval_section(folder: Path, state: dict) -> list[str]:
 def model_card(folder: Path, cfg: RunConfig, n_params: int, n_params_non_embedding: int, tokenizer_size: int,
                chat_template: str | None, name: str) -> str:
     m = cfg.model
-    arch = "Qwen3ForCausalLM" if m.qk_norm else "LlamaForCausalLM"
+    arch = ARCHITECTURES[hf_model_type(m)]
     stages = lineage(Path(folder))
     chat = chat_template is not None
     hf = [s["hf"] for s in stages if "hf" in s]
@@ -175,7 +177,9 @@ def model_card(folder: Path, cfg: RunConfig, n_params: int, n_params_non_embeddi
         f"| parameters | {n_params:,} ({n_params_non_embedding:,} without the embedding) |",
         f"| layers | {m.n_layer} |", f"| hidden size | {m.d_model} |",
         f"| attention heads (query / key-value) | {m.n_head} / {m.n_kv_head}, head dim {m.dim_head} |",
-        f"| MLP size | {m.d_ff} |", f"| context | {m.context} tokens |",
+        (f"| MLP | {m.n_experts} SwiGLU experts of size {m.d_expert}, each token routed to {m.experts_per_token} "
+         f"({active_params(m, n_params):,} parameters used per token) |" if m.n_experts else f"| MLP size | {m.d_ff} |"),
+        f"| context | {m.context} tokens |",
         f"| vocabulary | {m.vocab_size:,} ({tokenizer_size:,} used by the byte-level BPE tokenizer) |",
         f"| RoPE theta | {m.rope_theta:g} |", f"| tied embeddings | {'yes' if m.tie_embeddings else 'no'} |",
         "", "## Training", "",

@@ -93,8 +93,8 @@ def cmd_publish(args) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers folder", description=
-                       "Export a checkpoint (or a run's last one) as a Qwen3/Llama folder that transformers loads with "
-                       "no custom code and the same logits, with the tokenizer, the chat template of SFT models and "
+                       "Export a checkpoint (or a run's last one) as a Qwen3, Qwen3-MoE or Llama folder that "
+                       "transformers loads with no custom code and the same logits, with the tokenizer, the chat template of SFT models and "
                        "a README.md model card written from the run's records.")
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
     p.add_argument("out", help="the folder to write")

@@ -1,5 +1,5 @@
-"""Hugging Face folders: export a rain model + tokenizer as a Qwen3 (QK-norm) or Llama checkpoint that
-transformers loads with no custom code, and import a local Qwen3/Llama checkpoint into rain's names."""
+"""Hugging Face folders: export a rain model + tokenizer as a Qwen3 (QK-norm), Qwen3-MoE or Llama checkpoint
+that transformers loads with no custom code, and import a local checkpoint of those into rain's names."""
 
 from __future__ import annotations
 
@@ -32,10 +32,14 @@ RAIN_TO_HF = {
     "layers.{i}.mlp.gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
     "layers.{i}.mlp.up.weight": "model.layers.{i}.mlp.up_proj.weight",
     "layers.{i}.mlp.down.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "layers.{i}.mlp.router.weight": "model.layers.{i}.mlp.gate.weight",
     "norm.weight": "model.norm.weight",
     "lm_head.weight": "lm_head.weight",
 }
-ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
+ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "llama": "LlamaForCausalLM"}
+# An MoE layer's experts: one (n_experts, out, in) tensor each in rain, one Linear per expert in HF's files.
+RAIN_EXPERTS = re.compile(r"layers\.(\d+)\.mlp\.(gate|up|down)$")
+HF_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -59,11 +63,19 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
         return {k: v.shape for k, v in Transformer(cfg).state_dict().items()}
 
 
+def hf_model_type(cfg: ModelConfig) -> str:
+    if cfg.n_experts:
+        if not cfg.qk_norm:
+            raise RainError("an MoE model exports as Qwen3-MoE, which has QK-norm: this model has model.qk_norm = false")
+        return "qwen3_moe"
+    return "qwen3" if cfg.qk_norm else "llama"
+
+
 def hf_config(cfg: ModelConfig, eot_id: int, pad_id: int, dtype: torch.dtype) -> dict:
-    model_type = "qwen3" if cfg.qk_norm else "llama"
+    kind = hf_model_type(cfg)
     config = {
-        "architectures": [ARCHITECTURES[model_type]],
-        "model_type": model_type,
+        "architectures": [ARCHITECTURES[kind]],
+        "model_type": kind,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
         "intermediate_size": cfg.d_ff,
@@ -87,10 +99,16 @@ def hf_config(cfg: ModelConfig, eot_id: int, pad_id: int, dtype: torch.dtype) ->
         "torch_dtype": DTYPE_NAMES[dtype],
         "use_cache": True,
     }
-    if model_type == "qwen3":
-        config.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layer)
-    else:
+    if kind == "llama":
         config.update(mlp_bias=False, pretraining_tp=1)
+    else:
+        config.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.n_layer)
+    if kind == "qwen3_moe":
+        # HF's balancing loss is experts_per_token x rain's (it counts assignments per token, not per assignment).
+        config.update(num_experts=cfg.n_experts, num_experts_per_tok=cfg.experts_per_token,
+                      moe_intermediate_size=cfg.d_expert, decoder_sparse_step=1, mlp_only_layers=[],
+                      norm_topk_prob=True, output_router_logits=False,
+                      router_aux_loss_coef=cfg.router_aux_coef / cfg.experts_per_token)
     return config
 
 
@@ -110,9 +128,16 @@ def _hf_state_dict(cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> dic
         raise RainError(f"the weights do not match the model config ({detail})")
     out = {}
     for name, tensor in state_dict.items():
+        tensor = tensor.detach().to("cpu")
         if name == "lm_head.weight" and cfg.tie_embeddings:
             continue  # HF re-ties lm_head to embed_tokens; a tied weight is stored once
-        out[_rename(name, TO_HF)] = tensor.detach().to("cpu").contiguous()
+        experts = RAIN_EXPERTS.match(name) if cfg.n_experts else None
+        if experts:
+            layer, proj = experts.groups()
+            for e, matrix in enumerate(tensor):
+                out[f"model.layers.{layer}.mlp.experts.{e}.{proj}_proj.weight"] = matrix.contiguous()
+        else:
+            out[_rename(name, TO_HF)] = tensor.contiguous()
     return out
 
 
@@ -148,8 +173,8 @@ def export_hf(
     card: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a transformers-loadable folder (Qwen3ForCausalLM when qk_norm, else LlamaForCausalLM) at
-    out_dir, built in a temporary sibling folder and renamed into place at the end. Returns out_dir."""
+    """Write a transformers-loadable folder (Qwen3MoeForCausalLM for an MoE model, else Qwen3ForCausalLM when
+    qk_norm, else LlamaForCausalLM) at out_dir, built in a temporary sibling folder and renamed into place at the end. Returns out_dir."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RainError(f"export target {out_dir} is a file, not a folder")
@@ -233,7 +258,7 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """A local Hugging Face Qwen3 or Llama folder -> (rain ModelConfig, state dict in rain's names)."""
+    """A local Hugging Face Qwen3, Qwen3-MoE or Llama folder -> (rain ModelConfig, state dict in rain's names)."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -246,6 +271,11 @@ def load_hf_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch
             f"rain reads {' and '.join(ARCHITECTURES.values())} checkpoints"
         )
     problems = _unsupported(config)
+    if model_type == "qwen3_moe":
+        if not config.get("norm_topk_prob"):
+            problems.append("norm_topk_prob false (rain renormalises the top-k router weights)")
+        if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+            problems.append("dense layers between MoE layers (mlp_only_layers / decoder_sparse_step)")
     if problems:
         raise RainError(f"{folder}: unsupported features for rain: {', '.join(problems)}")
     n_head = config["num_attention_heads"]
@@ -260,19 +290,34 @@ def load_hf_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch
         d_ff=config["intermediate_size"],
         context=config.get("max_position_embeddings", 2048),
         rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
-        qk_norm=model_type == "qwen3",
+        qk_norm=model_type != "llama",
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         init_std=float(config.get("initializer_range", 0.02)),
     )
-    state_dict = {}
+    if model_type == "qwen3_moe":
+        # transformers >= 5 writes num_local_experts where earlier versions wrote num_experts
+        cfg.n_experts = config.get("num_experts") or config["num_local_experts"]
+        cfg.experts_per_token = config["num_experts_per_tok"]
+        cfg.expert_d_ff = config["moe_intermediate_size"]
+        cfg.router_aux_coef = float(config.get("router_aux_loss_coef", 0.001)) * cfg.experts_per_token
+    state_dict, experts = {}, {}
     for name, tensor in _read_safetensors(folder).items():
         if name.endswith("rotary_emb.inv_freq"):
             continue  # recomputed from rope_theta
+        expert = HF_EXPERT.match(name) if cfg.n_experts else None
+        if expert:
+            layer, e, proj = expert.groups()
+            experts.setdefault(f"layers.{layer}.mlp.{proj}", {})[int(e)] = tensor
+            continue
         rain_name = _rename(name, TO_RAIN)
         if rain_name is None:
             raise RainError(f"{folder}: unexpected weight {name} (biases and extra modules are not supported)")
         state_dict[rain_name] = tensor
+    for name, by_index in experts.items():
+        if sorted(by_index) != list(range(cfg.n_experts)):
+            raise RainError(f"{folder}: found {len(by_index)} experts for {name}, config.json says {cfg.n_experts}")
+        state_dict[name] = torch.stack([by_index[e] for e in range(cfg.n_experts)])
     if cfg.tie_embeddings:
         state_dict["lm_head.weight"] = state_dict.get("embed.weight")
     expected = expected_shapes(cfg)

@@ -1,5 +1,6 @@
 """A Qwen3/Llama-style decoder: pre-RMSNorm, grouped-query attention with RoPE and optional QK-norm,
-SwiGLU MLP, no biases, LM head tied to the embedding. Pure PyTorch; knows nothing of files."""
+SwiGLU MLP (or a mixture of SwiGLU experts, rain.model.moe), no biases, LM head tied to the embedding.
+Pure PyTorch; knows nothing of files."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rain.config import ModelConfig
+from rain.model.moe import MoE
 
 # SDPA shares K/V heads across query groups itself (no repeated copies) from torch 2.5 on.
 SDPA_GQA = torch.__version__ >= "2.5"
@@ -112,11 +114,15 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg)
 
     def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
+        """-> (x, the MoE load-balancing loss or None)."""
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
-        return x + self.mlp(self.mlp_norm(x))
+        if isinstance(self.mlp, MoE):
+            y, aux = self.mlp(self.mlp_norm(x))
+            return x + y, aux
+        return x + self.mlp(self.mlp_norm(x)), None
 
 
 def document_positions_and_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +222,8 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue
-            scale = 1 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("attn.o.weight", "mlp.down.weight")) else 1
+            residual = name.endswith(("attn.o.weight", "mlp.down.weight", "mlp.down"))
+            scale = 1 / math.sqrt(2 * self.cfg.n_layer) if residual else 1
             nn.init.normal_(p, mean=0.0, std=std * scale)
         for m in self.modules():
             if isinstance(m, RMSNorm):
@@ -228,6 +235,18 @@ class Transformer(nn.Module):
             n -= self.embed.weight.numel()
         return n
 
+    def blocks(self, x, cos, sin, mask=None, cache: KVCache | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x (B, T, d) through every block -> (hidden states, each MoE layer's load-balancing loss)."""
+        aux = []
+        for i, layer in enumerate(self.layers):
+            if i < self.checkpoint_layers and self.training and cache is None and torch.is_grad_enabled():
+                x, a = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x, a = layer(x, cos, sin, mask, cache, i)
+            if a is not None:
+                aux.append(a)
+        return x, aux
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -235,7 +254,8 @@ class Transformer(nn.Module):
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, V) when targets is None, else the mean cross-entropy over targets != -100."""
+        """Logits (B, T, V) when targets is None, else the mean cross-entropy over targets != -100. Training an MoE
+        model, the returned loss also carries the load-balancing loss's gradient, but not its value."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.context:
@@ -246,15 +266,15 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
         else:
             cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-        x = self.embed(idx)
-        for i, layer in enumerate(self.layers):
-            if i < self.checkpoint_layers and self.training and cache is None and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, mask, cache, i)
+        x, aux = self.blocks(self.embed(idx), cos, sin, mask, cache)
         if cache is not None:
             cache.length += T
         x = self.norm(x)
         if targets is None:
             return self.lm_head(x)
-        return linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), self.loss_chunk)
+        loss = linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), self.loss_chunk)
+        if aux and self.training and self.cfg.router_aux_coef:
+            balance = torch.stack(aux).mean()
+            # Adds zero: the logged loss stays the cross-entropy, the gradient gets coef * d(balance).
+            loss = loss + self.cfg.router_aux_coef * (balance - balance.detach())
+        return loss

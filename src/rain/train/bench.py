@@ -68,7 +68,8 @@ class MasterWeights:
 
 
 def hf_model(cfg: RunConfig) -> torch.nn.Module:
-    """transformers' Qwen3ForCausalLM (QK-norm) or LlamaForCausalLM of exactly rain's shape, SDPA attention."""
+    """transformers' Qwen3ForCausalLM (QK-norm), Qwen3MoeForCausalLM or LlamaForCausalLM of exactly rain's shape,
+    SDPA attention."""
     try:
         import transformers
     except ImportError:
@@ -79,6 +80,7 @@ def hf_model(cfg: RunConfig) -> torch.nn.Module:
     for key in ("architectures", "torch_dtype"):
         spec.pop(key)
     spec["use_cache"] = False  # as for training: no KV cache built in forward
+    spec["output_router_logits"] = bool(cfg.model.n_experts)  # an MoE trains with its balancing loss, as rain's does
     config = transformers.AutoConfig.for_model(spec.pop("model_type"), **spec)
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 

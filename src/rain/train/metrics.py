@@ -15,10 +15,16 @@ from rain.errors import RainError
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "4090": 165.2e12, "3090": 71e12}
 
 
+def active_params(cfg: ModelConfig, n_params: int) -> int:
+    """The parameters one token uses: n_params less the experts it is not routed to (all of them if dense)."""
+    idle_experts = cfg.n_experts - cfg.experts_per_token if cfg.n_experts else 0
+    return n_params - idle_experts * 3 * cfg.d_model * cfg.d_expert * cfg.n_layer
+
+
 def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
-    """Training FLOPs per token: 6 x (non-embedding params + LM head) + 12 x layers x d_model x context."""
+    """Training FLOPs per token: 6 x (active non-embedding params + LM head) + 12 x layers x d_model x context."""
     head = cfg.vocab_size * cfg.d_model
-    matmul_params = n_params - head + (head if cfg.tie_embeddings else 0)
+    matmul_params = active_params(cfg, n_params) - head + (head if cfg.tie_embeddings else 0)
     return 6 * matmul_params + 12 * cfg.n_layer * cfg.d_model * cfg.context
 
 

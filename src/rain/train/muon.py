@@ -1,8 +1,9 @@
-"""Muon (Jordan et al., 2024: momentum orthogonalised by Newton-Schulz) for the hidden 2-D matrices, with
+"""Muon (Jordan et al., 2024: momentum orthogonalised by Newton-Schulz) for the hidden matrices, with
 torch's AdamW for every other parameter, in one optimizer object: the trainer, the LR schedule and checkpoints
 treat it like AdamW. Groups marked `muon=True` take Muon steps; the rest are handed to an inner AdamW that
 shares the group dicts and the state. Same-shaped matrices are orthogonalised together in one batched matmul
-(torch.optim.Muon takes them one by one: ~200 small launches per step for rain-v2)."""
+(torch.optim.Muon takes them one by one: ~200 small launches per step for rain-v2); a 3-D parameter (an MoE
+layer's experts) is a stack of matrices, each orthogonalised on its own."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
 
 
 def lr_scale(shape: torch.Size) -> float:
-    """Keller's shape factor (torch.optim.Muon's 'original'): sqrt(max(1, rows / cols))."""
-    return max(1.0, shape[0] / shape[1]) ** 0.5
+    """Keller's shape factor (torch.optim.Muon's 'original'): sqrt(max(1, rows / cols)) of each matrix."""
+    return max(1.0, shape[-2] / shape[-1]) ** 0.5
 
 
 class Muon(torch.optim.Optimizer):
@@ -40,8 +41,8 @@ class Muon(torch.optim.Optimizer):
         super().__init__(groups, defaults)
         self.ns_dtype = ns_dtype
         for group in self.param_groups:
-            if group["muon"] and any(p.dim() != 2 for p in group["params"]):
-                raise ValueError("Muon groups take 2-D matrices only")
+            if group["muon"] and any(p.dim() not in (2, 3) for p in group["params"]):
+                raise ValueError("Muon groups take matrices (2-D) or stacks of them (3-D) only")
         adam_groups = [g for g in self.param_groups if not g["muon"]]
         self._adam = torch.optim.AdamW(adam_groups, lr=lr, betas=betas, eps=eps, fused=fused) if adam_groups else None
         self._link()
@@ -85,7 +86,8 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_lerp_(bufs, grads, 1 - mu)
             updates = torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
             ns_dtype = self.ns_dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-            ortho = orthogonalize(torch.stack(updates).to(ns_dtype), group["ns_steps"]).to(params[0].dtype)
+            stacked = torch.stack(updates).to(ns_dtype)
+            ortho = orthogonalize(stacked.flatten(0, -3), group["ns_steps"]).view_as(stacked).to(params[0].dtype)
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
             torch._foreach_add_(params, list(ortho.unbind(0)), alpha=-lr * lr_scale(shape))

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rain.config import RunConfig
 from rain.errors import RainError
 from rain.eval.loss import loss_report, validation_loss
+from rain.model.moe import router_stats
 from rain.model.transformer import Transformer
 from rain.progress import progress
 from rain.train import checkpoint as ckpt
@@ -295,6 +296,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrit
                          "flops_per_s": round(tok_s * fpt, 1)}
                 if peak:
                     entry["mfu"] = round(tok_s * fpt / peak, 4)
+                entry.update(router_stats(model))
                 record(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
                 loss_acc.zero_()
