@@ -23,14 +23,18 @@ def _exact_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+MOE = dict(n_experts=4, experts_per_token=2, expert_d_ff=64)
+
+
 def batch(cfg, b=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, cfg.vocab_size, (b, cfg.context + 1), generator=g)
     return tokens[:, :-1].cuda(), tokens[:, 1:].cuda()
 
 
-def test_bf16_autocast_loss_is_within_tolerance_of_fp32():
-    cfg = small_model_config(context=128)
+@pytest.mark.parametrize("moe", [False, True])
+def test_bf16_autocast_loss_is_within_tolerance_of_fp32(moe):
+    cfg = small_model_config(context=128, **(MOE if moe else {}))
     model = Transformer(cfg).cuda()
     x, y = batch(cfg)
     fp32 = model(x, y)
@@ -46,9 +50,10 @@ def test_bf16_autocast_loss_is_within_tolerance_of_fp32():
         assert F.cosine_similarity(p.grad.flatten(), g32[n].flatten(), dim=0) > 0.99, n
 
 
+@pytest.mark.parametrize("moe", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_compiled_and_eager_models_give_the_same_loss_and_grads(autocast):
-    cfg = small_model_config(context=128)
+def test_compiled_and_eager_models_give_the_same_loss_and_grads(autocast, moe):
+    cfg = small_model_config(context=128, **(MOE if moe else {}))
     model = Transformer(cfg).cuda()
     compiled = torch.compile(model)
     x, y = batch(cfg)
@@ -123,12 +128,12 @@ def test_fused_adamw_and_muon_build_and_step_on_cuda():
         assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_a_training_step_never_waits_for_the_gpu(optimizer):
+@pytest.mark.parametrize("optimizer, moe", [("adamw", False), ("muon", False), ("adamw", True)])
+def test_a_training_step_never_waits_for_the_gpu(optimizer, moe):
     from rain.train.bench import SyntheticTokens
     from rain.train.trainer import Prefetcher
 
-    cfg = small_model_config()
+    cfg = small_model_config(**(MOE if moe else {}))
     model = Transformer(cfg).cuda()
     opt = build_optimizer(model, TrainConfig(max_steps=1, optimizer=optimizer), "cuda")
     batches = Prefetcher(SyntheticTokens(cfg.vocab_size, 4, cfg.context), torch.device("cuda"))

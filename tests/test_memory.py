@@ -20,10 +20,10 @@ def loss_and_grads(model, x, y, doc=None):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_activation_checkpointing_gives_identical_loss_and_grads(layers):
+@pytest.mark.parametrize("layers, experts", [(1, 0), (2, 0), (2, 4)])
+def test_activation_checkpointing_gives_identical_loss_and_grads(layers, experts):
     torch.manual_seed(0)
-    model = Transformer(small_model_config())
+    model = Transformer(small_model_config(n_experts=experts))
     x, y = torch.randint(0, 512, (2, 32)), torch.randint(0, 512, (2, 32))
     doc = torch.tensor([[0] * 12 + [1] * 20, [0] * 32])
     for d in (None, doc):

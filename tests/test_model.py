@@ -75,8 +75,9 @@ def test_rope_scores_depend_only_on_relative_position():
     assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-3)
 
 
-def test_kv_cache_generation_equals_full_recomputation():
-    model = Transformer(small_model_config()).eval()
+@pytest.mark.parametrize("experts", [0, 4])  # dense, and a mixture of experts (dropless when generating)
+def test_kv_cache_generation_equals_full_recomputation(experts):
+    model = Transformer(small_model_config(n_experts=experts)).eval()
     prompt = [3, 17, 99, 4]
     cached = generate(model, prompt, max_new_tokens=20, temperature=0)
     seq = list(prompt)

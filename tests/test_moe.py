@@ -1,5 +1,5 @@
 """The mixture-of-experts MLP: routing, the two dispatches, the load-balancing loss, and MoE models through
-the trainer, generation, compile and the export to transformers."""
+the trainer, compile and the export to transformers (KV-cache generation: tests/test_model.py)."""
 
 import pytest
 import torch
@@ -7,7 +7,6 @@ import torch
 from rain.cli import main
 from rain.config import load_config
 from rain.model import Transformer
-from rain.model.generate import generate
 from rain.model.moe import MoE, router_stats
 from rain.train import checkpoint as ckpt
 from rain.train.metrics import flops_per_token, read_metrics
@@ -109,17 +108,6 @@ def test_training_with_the_balancing_loss_keeps_experts_in_use():
     assert stats[0.5]["moe_dropped"] < stats[0.0]["moe_dropped"] / 4
 
 
-def test_kv_cache_generation_equals_full_recomputation():
-    model = Transformer(moe_config()).eval()
-    prompt = [5, 17, 300, 42]
-    cached = generate(model, prompt, max_new_tokens=12, temperature=0)
-    ids = list(prompt)
-    with torch.no_grad():
-        for _ in range(12):
-            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    assert cached == ids[len(prompt):]
-
-
 def test_compiled_moe_step_has_no_graph_break_and_matches_eager():
     torch.manual_seed(0)
     model = Transformer(moe_config()).train()
@@ -159,6 +147,7 @@ def test_moe_model_trains_resumes_exactly_and_exports_to_transformers(tiny_data,
     assert all(0 <= r["moe_dropped"] < 1 and 0 < r["moe_balance"] < 4 for r in records)
     assert records[-1]["loss"] < records[0]["loss"]
     assert full["final_val_loss"] < full["first_val_loss"]
+    assert full["parameters"] - full["active_parameters"] == 2 * 2 * 3 * 64 * 48  # 2 layers x 2 unused experts
 
     train(cfg(), tmp_path / "split", stop_after=4, log=lambda *a: None)
     train(cfg(), tmp_path / "split", resume=True, log=lambda *a: None)
@@ -173,3 +162,15 @@ def test_moe_model_trains_resumes_exactly_and_exports_to_transformers(tiny_data,
     ids = torch.randint(0, model.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (hf(ids).logits - model.eval()(ids)).abs().max().item() < 1e-4
+
+
+def test_an_moe_model_without_qk_norm_is_refused_by_export(tmp_path):
+    from rain.data.tokenizer import train_bpe
+    from rain.errors import RainError
+    from rain.export.hf import export_hf
+
+    cfg = moe_config(qk_norm=False)
+    tokenizer = train_bpe(["a small text to train on"] * 20, vocab_size=300)
+    with pytest.raises(RainError, match="Qwen3-MoE.*qk_norm"):
+        export_hf(cfg, Transformer(cfg).state_dict(), tokenizer, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

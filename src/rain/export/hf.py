@@ -66,7 +66,7 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
 def hf_model_type(cfg: ModelConfig) -> str:
     if cfg.n_experts:
         if not cfg.qk_norm:
-            raise RainError("an MoE model exports as Qwen3-MoE, which has QK-norm: this model has model.qk_norm = false")
+            raise RainError("an MoE model exports as Qwen3-MoE, which has QK-norm; this one has model.qk_norm = false")
         return "qwen3_moe"
     return "qwen3" if cfg.qk_norm else "llama"
 
@@ -174,7 +174,8 @@ def export_hf(
     overwrite: bool = False,
 ) -> Path:
     """Write a transformers-loadable folder (Qwen3MoeForCausalLM for an MoE model, else Qwen3ForCausalLM when
-    qk_norm, else LlamaForCausalLM) at out_dir, built in a temporary sibling folder and renamed into place at the end. Returns out_dir."""
+    qk_norm, else LlamaForCausalLM) at out_dir, built in a temporary sibling folder and renamed into place at the
+    end. Returns out_dir."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RainError(f"export target {out_dir} is a file, not a folder")

@@ -26,7 +26,8 @@ from rain.model.transformer import Transformer
 from rain.progress import progress
 from rain.train import checkpoint as ckpt
 from rain.train.data import PretrainData, TrainData
-from rain.train.metrics import MetricsLog, flops_per_token, peak_flops, plot_losses, read_metrics, truncate_after
+from rain.train.metrics import (MetricsLog, active_params, flops_per_token, peak_flops, plot_losses, read_metrics,
+                                truncate_after)
 from rain.train.optim import build_optimizer, set_lr
 
 RUN_FILES = ("config.json", "metrics.jsonl", "run_summary.json", "loss.png")
@@ -345,8 +346,8 @@ def summarize(run_dir: Path, cfg: RunConfig, n_params: int, fpt: float, step: in
     vals = [r for r in records if r.get("kind") == "val"]
     trains = [r for r in records if r.get("kind") == "train"]
     summary = {
-        "run_dir": str(run_dir), "config": cfg.to_dict(), "parameters": n_params, "flops_per_token": fpt,
-        "steps": step, "total_steps": total, "tokens_seen": step * tokens_per_step, "wall_seconds": round(wall, 2),
+        "run_dir": str(run_dir), "config": cfg.to_dict(), "parameters": n_params,
+        "active_parameters": active_params(cfg.model, n_params), "flops_per_token": fpt, "steps": step, "total_steps": total, "tokens_seen": step * tokens_per_step, "wall_seconds": round(wall, 2),
         "first_val_loss": vals[0]["val_loss"] if vals and vals[0]["step"] == 0 else None,
         "final_val_loss": vals[-1]["val_loss"] if vals else None,
         "final_val_bpb": vals[-1].get("val_bpb") if vals else None,
@@ -359,7 +360,9 @@ def summarize(run_dir: Path, cfg: RunConfig, n_params: int, fpt: float, step: in
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"run {s['run_dir']}: {s['parameters']:,} parameters, {s['steps']}/{s['total_steps']} steps, "
+    active = s.get("active_parameters", s["parameters"])
+    per_token = f" ({active:,} per token)" if active != s["parameters"] else ""
+    lines = [f"run {s['run_dir']}: {s['parameters']:,} parameters{per_token}, {s['steps']}/{s['total_steps']} steps, "
              f"{s['tokens_seen']:,} tokens in {s['wall_seconds']:.0f} s"]
     if s.get("tokens_per_s"):
         lines.append(f"  throughput {s['tokens_per_s']:,.0f} tokens/s")
