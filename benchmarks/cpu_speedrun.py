@@ -8,9 +8,12 @@ Recipes ("arms"):
   baseline  plain: AdamW with torch's default betas (0.9, 0.999) and weight decay (0.01), cosine to 0 after the
             same warm-up, same peak LR, no gradient clipping, no QK-norm
   muon      rain's recipe with Muon for the hidden matrices (train.optimizer=muon)
+  moe       rain's recipe with each MLP split into 8 experts of width 384, top-2 routing: the same FLOPs per
+            token as the dense MLP of 768 (only the experts a token uses count), 2.4x the parameters (12.3M)
 
     python benchmarks/cpu_speedrun.py                      # all three arms, 2e13 FLOPs each (~300 steps)
     python benchmarks/cpu_speedrun.py --flops 1e13 --arms rain,baseline
+    python benchmarks/cpu_speedrun.py --arms rain,moe --seeds 1337,1338
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ ARMS = {
     "baseline": ["model.qk_norm=false", "train.beta2=0.999", "train.weight_decay=0.01", "train.min_lr=0.0",
                  "train.grad_clip=0"],
     "muon": ["train.optimizer='muon'"],
+    "moe": ["model.n_experts=8", "model.experts_per_token=2", "model.expert_d_ff=384"],
 }
 
 

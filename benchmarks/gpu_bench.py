@@ -13,6 +13,7 @@ Groups, most important first (each rain-v2 run with transformers compiled too ta
   ablations  rain-v2 compiled with one part of the fast path switched off at a time
   memory     rain-v2 --micro-batch auto in a 24 GB budget (peak per micro-batch); 64x1024 checkpointed
   optimizer  rain-v2 with Muon
+  moe        moe-150m at 32x1024, bf16 autocast, compiled, vs transformers' Qwen3MoeForCausalLM
   tiny       the tiny preset on the GPU, vs transformers
 """
 
@@ -40,6 +41,7 @@ GROUPS = {
                ["--preset", "rain-v2", "--micro-batch", "64", "--precision", "bf16", "--compile", "--no-hf",
                 "--checkpoint-layers", "32"]],
     "optimizer": [V2 + ["--compile", "--no-hf", "--optimizer", "muon"]],
+    "moe": [["--preset", "moe-150m", "--micro-batch", "32", "--precision", "bf16", "--compile"]],
     "tiny": [["--preset", "tiny", "--micro-batch", "64", "--precision", "bf16", "--compile"]],
 }
 
