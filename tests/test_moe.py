@@ -67,6 +67,10 @@ def test_overflow_drops_second_choices_before_first_choices_and_counts_them():
     assert (capped[0, :8] - full[0, :8]).abs().amax(dim=-1).min() > 0.1  # every A token lost its second expert
     stats = router_stats(moe)
     assert stats["moe_dropped"] == 0.25 and stats["moe_balance"] > 1.2  # 8 of 32 assignments; expert 1 overloaded
+    moe.capacity_factor = 0  # dropless training: the same output as evaluation, nothing dropped, balance still logged
+    dropless, _ = moe(x)
+    assert torch.allclose(dropless, full, atol=1e-6)
+    assert router_stats(moe) == {"moe_balance": stats["moe_balance"], "moe_dropped": 0.0}
 
 
 def test_balance_loss_is_one_when_uniform_and_n_experts_when_collapsed():

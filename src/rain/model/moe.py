@@ -57,19 +57,21 @@ class MoE(nn.Module):
         """x (E, C, d) -> each expert's SwiGLU of its own rows, (E, C, d)."""
         return torch.bmm(F.silu(torch.bmm(x, self.gate.mT)) * torch.bmm(x, self.up.mT), self.down.mT)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, d) -> (output (B, T, d), load-balancing loss)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, d) -> (output (B, T, d), the load-balancing loss when training, else None)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         probs, weights, experts = self.route(x)
+        if not self.training:
+            return self._dropless_dispatch(x, weights, experts).reshape(shape), None
         aux = self.balance_loss(probs, experts)
-        if self.training and self.capacity_factor > 0:
+        if self.capacity_factor > 0:
             out, dropped = self._capacity_dispatch(x, weights, experts)
-            with torch.no_grad():
-                self.balance.copy_(aux.detach())
-                self.dropped.copy_(dropped)
         else:
-            out = self._dropless_dispatch(x, weights, experts)
+            out, dropped = self._dropless_dispatch(x, weights, experts), torch.zeros_like(aux)
+        with torch.no_grad():
+            self.balance.copy_(aux.detach())
+            self.dropped.copy_(dropped)
         return out.reshape(shape), aux
 
     def _capacity_dispatch(self, x, weights, experts):

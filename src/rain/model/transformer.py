@@ -117,7 +117,7 @@ class Block(nn.Module):
         self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg)
 
     def forward(self, x, cos, sin, mask=None, cache=None, layer=0):
-        """-> (x, the MoE load-balancing loss or None)."""
+        """-> (x, the MoE load-balancing loss when training, else None)."""
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
         if isinstance(self.mlp, MoE):
             y, aux = self.mlp(self.mlp_norm(x))
