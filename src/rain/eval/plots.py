@@ -1,10 +1,12 @@
 """Trends over training: a markdown table (a row per series, a column per checkpoint) and PNG curves of every
-metric against tokens seen, one panel per task (validation: one per metric), with the random baseline."""
+metric against tokens seen, one panel per task (validation: one per metric), with the random baseline and a band
+of one standard error. Validation perplexity is in the table only: drawn, it would repeat the loss panel."""
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from rain.data.shards import write_atomic
@@ -12,6 +14,8 @@ from rain.data.shards import write_atomic
 TABLE_FILE, PLOT_FILE = "trends.md", "trends.png"
 # Chance accuracy: 4 choices for ARC (mostly) and HellaSwag, 2 for PIQA and WinoGrande.
 RANDOM_BASELINE = {"arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "piqa": 0.5, "winogrande": 0.5}
+# A panel's y-axis label by metric; series of one task in different units get separate panels.
+UNITS = {"acc": "accuracy", "acc_norm": "accuracy", "loss": "loss (nats/token)", "bpb": "bits per byte"}
 
 
 def series_label(row: dict) -> str:
@@ -82,35 +86,94 @@ def trend_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class Series:
+    label: str
+    tokens: list[int]
+    values: list[float]
+    stderr: list[float | None]
+
+
+@dataclass
+class Panel:
+    title: str
+    ylabel: str
+    series: list[Series]
+    baselines: list[float]  # random-guess levels to mark
+
+
+def _unit(metric: str) -> str:
+    return UNITS.get(metric, metric)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def trend_panels(rows: list[dict]) -> list[Panel]:
+    """What trends.png draws: a panel per task (validation: per metric) and unit, each series' finite values
+    against tokens seen (step 0 included), never validation perplexity (exp of the loss, which has its own
+    panel) and never a panel with nothing in it. Rows without a token count cannot be placed and are left out."""
+    rows = [r for r in rows if r.get("tokens") is not None and not (r["task"] == "val" and r["metric"] == "ppl")]
+    _, series = _series(rows)
+    panels: dict[tuple[str, str], Panel] = {}
+    for label, entry in series.items():
+        points = [p for p in sorted(entry["points"].values(), key=_checkpoint_key) if _finite(p["value"])]
+        if not points:
+            continue
+        row = entry["row"]
+        key = (panel_of(row), _unit(row["metric"]))
+        panel = panels.setdefault(key, Panel(key[0], key[1], [], []))
+        panel.series.append(Series(label.removeprefix(f"{key[0]} "), [p["tokens"] for p in points],
+                                   [p["value"] for p in points], [p.get("stderr") for p in points]))
+        chance = baseline(row)
+        if chance is not None and chance not in panel.baselines:
+            panel.baselines.append(chance)
+    return list(panels.values())
+
+
+def tokens_axis(ax) -> None:
+    """Label an x axis of tokens seen, with ticks as 10K, 2.5M, 1B rather than an offset in a corner."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel("tokens seen")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_tokens(int(v)) if v >= 0 else ""))
+
+
+def _draw(ax, panel: Panel) -> None:
+    bands = False
+    for s in panel.series:
+        (line,) = ax.plot(s.tokens, s.values, marker="o", ms=3, label=s.label)
+        if all(_finite(e) for e in s.stderr):  # a band of one standard error: how much is noise
+            low = [v - e for v, e in zip(s.values, s.stderr)]
+            high = [v + e for v, e in zip(s.values, s.stderr)]
+            ax.fill_between(s.tokens, low, high, color=line.get_color(), alpha=0.15, lw=0)
+            bands = True
+    if bands:
+        ax.fill_between([], [], color="gray", alpha=0.25, lw=0, label="± 1 standard error")  # its legend entry
+    for chance in panel.baselines:
+        ax.axhline(chance, color="gray", ls="--", lw=1, label=f"random ({chance:.2f})")
+    ax.set_title(panel.title)
+    ax.set_ylabel(panel.ylabel)
+    tokens_axis(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot_trends(rows: list[dict], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.get("tokens") is not None]
-    _, series = _series(rows)
-    panels: dict[str, list[dict]] = {}
-    for entry in series.values():
-        panels.setdefault(panel_of(entry["row"]), []).append(entry)
+    panels = trend_panels(rows)
     n = max(1, len(panels))
     cols = min(3, n)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(5.2 * cols, 3.6 * math.ceil(n / cols)), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (panel, entries) in zip(axes.flat, panels.items()):
-        chances = set()
-        for entry in entries:
-            points = sorted(entry["points"].values(), key=_checkpoint_key)
-            ax.plot([p["tokens"] for p in points], [p["value"] for p in points], marker="o", ms=3,
-                    label=series_label(entry["row"]).removeprefix(f"{panel} "))
-            chances.add(baseline(entry["row"]))
-        for chance in chances - {None}:
-            ax.axhline(chance, color="gray", ls="--", lw=1, label=f"random ({chance:.2f})")
-        ax.set_title(panel)
-        ax.set_xlabel("tokens seen")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    for ax, panel in zip(axes.flat, panels):
+        _draw(ax, panel)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
@@ -126,5 +189,5 @@ def write_trends(eval_dir: Path, rows: list[dict], plot: bool = False) -> list[P
     eval_dir.mkdir(parents=True, exist_ok=True)
     table = eval_dir / TABLE_FILE
     write_atomic(table, ("# Evaluation trends\n\n" + trend_table(rows)).encode())
-    drawable = plot and any(r.get("tokens") is not None for r in rows)
+    drawable = plot and bool(trend_panels(rows))
     return [table] + ([plot_trends(rows, eval_dir / PLOT_FILE)] if drawable else [])

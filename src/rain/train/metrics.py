@@ -86,8 +86,27 @@ def truncate_after(run_dir: Path, step: int) -> None:
     (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def smooth(values, half_window: int) -> list[float]:
+    """A centred moving average of `values`: each point is the mean of itself and up to `half_window` neighbours
+    on each side, the window shrinking near the ends so that it stays centred. Unlike a running (exponential)
+    average it does not lag: a straight line comes back unchanged, a constant stays constant, and every point is
+    a mean of logged ones, so it never leaves their range. Non-finite values (a diverged step) are skipped."""
+    import numpy as np
+
+    y = np.asarray(values, dtype=float)
+    n = len(y)
+    finite = np.isfinite(y)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(finite, y, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(finite)])
+    i = np.arange(n)
+    k = np.minimum(half_window, np.minimum(i, n - 1 - i))  # the widest centred window that fits
+    count = counts[i + k + 1] - counts[i - k]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((sums[i + k + 1] - sums[i - k]) / count).tolist()
+
+
 def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
-    """Training loss (raw and exponentially smoothed) and validation loss against tokens seen."""
+    """Training loss (as logged, and smoothed by `smooth`) and validation loss against tokens seen."""
     records = read_metrics(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
@@ -98,18 +117,19 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from rain.eval.plots import tokens_axis
+
     x = [r["tokens"] for r in train]
     y = [r["loss"] for r in train]
-    smooth, ema = [], None
-    for v in y:
-        ema = v if ema is None else 0.9 * ema + 0.1 * v
-        smooth.append(ema)
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(x, y, color="tab:blue", alpha=0.3, lw=1, label="train (raw)")
-    ax.plot(x, smooth, color="tab:blue", lw=2, label="train (smoothed)")
+    if len(y) >= 5:  # fewer points are drawn as they are
+        h = max(1, len(y) // 40)  # a window of about 5% of the run
+        ax.plot(x, smooth(y, h), color="navy", lw=2.5, label=f"train (centred mean of {2 * h + 1} logs)")
+    # On top of the smoothed curve, so that it shows even where the two coincide.
+    ax.plot(x, y, color="tab:blue", alpha=0.6, lw=1, label="train (as logged)")
     if val:
         ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", color="tab:orange", label="validation")
-    ax.set_xlabel("tokens seen")
+    tokens_axis(ax)
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
