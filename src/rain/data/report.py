@@ -50,17 +50,39 @@ def _read_document(shards: list[np.ndarray], shard: int, offset: int, length: in
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+def length_axis(hist: dict[str, np.ndarray], bins: np.ndarray = LENGTH_BINS) -> tuple[float, float]:
+    """The x range of the length plot: the bins that hold documents (of any source), and one empty bin either
+    side so the outermost bars show whole; the full bin range when there are no documents."""
+    used = np.flatnonzero(sum(hist.values(), np.zeros(len(bins) - 1, dtype=np.int64)))
+    if not len(used):
+        return float(bins[0]), float(bins[-1])
+    return float(bins[max(used[0] - 1, 0)]), float(bins[min(used[-1] + 2, len(bins) - 1)])
+
+
 def _plot(hist: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import LogFormatter
+
+    class _PlainLog(LogFormatter):
+        """The ticks a log axis labels (in-between ones too on a range of a decade or two), as 20 or 10,000
+        rather than 2 x 10^1 or 1e+04."""
+
+        def __call__(self, x, pos=None):
+            return f"{x:,.0f}" if super().__call__(x, pos) else ""
 
     fig = Figure(figsize=(8, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for name, counts in hist.items():
+    styles = ["-", "--", ":", "-."]  # sources of the same lengths would otherwise hide one another
+    for i, (name, counts) in enumerate(hist.items()):
         if counts.sum():
-            ax.stairs(counts / counts.sum(), LENGTH_BINS, label=f"{name} ({counts.sum():,} docs)")
+            ax.stairs(counts / counts.sum(), LENGTH_BINS, ls=styles[i % len(styles)], lw=1.5,
+                      label=f"{name} ({counts.sum():,} docs)")
     ax.set_xscale("log")
+    ax.set_xlim(*length_axis(hist))
+    ax.xaxis.set_major_formatter(_PlainLog())
+    ax.xaxis.set_minor_formatter(_PlainLog(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel("document length (tokens)")
     ax.set_ylabel("share of documents")
     ax.set_title("training documents by length")
