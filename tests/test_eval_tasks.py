@@ -252,4 +252,4 @@ def test_hub_offline_is_a_rain_error():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 3, proc.stderr[-2000:]
     message = proc.stdout.split("RAINERROR", 1)[1].strip()
-    assert "\n" not in message and "allenai/ai2_arc" in message and "data_dir" in message
+    assert "\n" not in message and "allenai/ai2_arc" in message and "--eval-data" in message and "RAIN_EVAL_DATA" in message

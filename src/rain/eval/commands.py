@@ -4,12 +4,13 @@ checkpoint of a run, resumable, into RUN/eval/results.jsonl plus a trend table a
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from rain.errors import RainError
+from rain.eval.tasks import EVAL_DATA_ENV, eval_data_cache, eval_data_hint
 
 ALL_TASKS = "all"
-LOCAL_EVAL_DATA = Path("..") / "shared" / "data" / "eval"  # relative to the working directory
 
 
 def parse_tasks(text: str | None) -> list[str]:
@@ -39,11 +40,19 @@ def parse_limit(text: str | None) -> float | int | None:
     return int(value) if value >= 1 and value.is_integer() else value
 
 
-def eval_data_dir(arg: str | None) -> str | None:
-    """--eval-data, else ../shared/data/eval when it exists, else None (the Hugging Face hub)."""
-    if arg is not None:
-        return arg
-    return str(LOCAL_EVAL_DATA) if LOCAL_EVAL_DATA.is_dir() else None
+def eval_data_dir(flag: str | None) -> str | None:
+    """The folder `rain eval` reads benchmark files from, the first of: --eval-data DIR (flag), $RAIN_EVAL_DATA,
+    the user cache folder $XDG_CACHE_HOME/rain/eval (default ~/.cache/rain/eval) when it exists.
+    None: none of them, so the files come from the Hugging Face hub. Nothing depends on the working directory."""
+    if flag is not None:
+        return flag
+    env = os.environ.get(EVAL_DATA_ENV)
+    if env:
+        if not Path(env).is_dir():  # set on purpose, so falling through to the hub would hide a mistake
+            raise RainError(f"${EVAL_DATA_ENV}={env}: no such benchmark folder; {eval_data_hint()}")
+        return env
+    cache = eval_data_cache()
+    return str(cache) if cache.is_dir() else None
 
 
 def checkpoint_hooks(args) -> list:
@@ -57,10 +66,12 @@ def cmd_eval(args) -> None:
     from rain.eval.plots import trend_table, write_trends
     from rain.eval.runner import EvalPlan, evaluate_run
 
+    tasks = parse_tasks(args.tasks)
     plan = EvalPlan(
-        tasks=parse_tasks(args.tasks), shots=parse_shots(args.shots), limit=parse_limit(args.limit),
+        tasks=tasks, shots=parse_shots(args.shots), limit=parse_limit(args.limit),
         harness=args.harness, harness_tasks=[t for t in parse_tasks(args.harness_tasks) if t != ALL_TASKS],
-        val_batches=args.batches, val_data=args.data, eval_data=eval_data_dir(args.eval_data),
+        val_batches=args.batches, val_data=args.data,
+        eval_data=eval_data_dir(args.eval_data) if tasks else args.eval_data,  # only --tasks read benchmark files
         batch_size=args.batch_size, seed=args.seed,
     )
     if args.harness and not plan.tasks:
@@ -83,8 +94,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or 'all' (default: none, validation loss only)")
     p.add_argument("--shots", default="0,5", metavar="K,...", help="few-shot counts, comma-separated (default: %(default)s)")
     p.add_argument("--limit", metavar="N", help="only the first N items of each task (a fraction below 1: that share)")
-    p.add_argument("--eval-data", metavar="DIR", help=f"benchmark files laid out like shared/data/eval (default: {LOCAL_EVAL_DATA} "
-                   "if it exists, else the Hugging Face hub)")
+    p.add_argument("--eval-data", metavar="DIR", help="folder of benchmark files for --tasks (hellaswag/*.arrow, "
+                   "arc/ARC-Easy-test.jsonl, piqa/valid.jsonl, winogrande/dev.jsonl, ...). Looked for in this order: "
+                   f"--eval-data DIR, then ${EVAL_DATA_ENV}, then $XDG_CACHE_HOME/rain/eval (default ~/.cache/rain/eval) "
+                   "if it exists, then the Hugging Face hub")
     p.add_argument("--harness", action="store_true", help="score --tasks with lm-evaluation-harness instead of "
                    "rain's own scorer (needs `pip install 'rain[eval]'`)")
     p.add_argument("--harness-tasks", metavar="LIST", help="any lm-eval task names, comma-separated, run through lm-eval on the "

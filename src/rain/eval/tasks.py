@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -203,6 +204,33 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[name]
 
 
+# ----------------------------------------------------------------------------- where benchmark files live
+
+EVAL_DATA_ENV = "RAIN_EVAL_DATA"
+EVAL_DATA_LAYOUT = (
+    "hellaswag/*.arrow + state.json (a datasets save_to_disk folder), arc/ARC-Easy-test.jsonl + ARC-Easy-train.jsonl "
+    "(ARC-Challenge-* likewise), piqa/valid.jsonl + valid-labels.lst, winogrande/dev.jsonl + train_l.jsonl "
+    "(or train_xl.jsonl)"
+)
+
+
+def eval_data_cache() -> Path:
+    """The user cache folder for benchmark files: $XDG_CACHE_HOME/rain/eval, default ~/.cache/rain/eval."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # the XDG spec ignores relative paths
+    return base / "rain" / "eval"
+
+
+def eval_data_hint() -> str:
+    """Where `rain eval` looks for benchmark files and how a folder of them is laid out (for error messages)."""
+    return (f"rain eval reads benchmark files from --eval-data DIR, else ${EVAL_DATA_ENV}, else {eval_data_cache()} "
+            f"when it exists, else the Hugging Face hub; a folder of them holds {EVAL_DATA_LAYOUT}")
+
+
+def _file_not_found(path: Path, note: str = "") -> RainError:
+    return RainError(f"{path}: file not found{note}; {eval_data_hint()}")
+
+
 # ----------------------------------------------------------------------------- local files
 
 
@@ -300,7 +328,7 @@ def _arrow_shards(folder: Path) -> list[Path]:
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
-        raise RainError(f"{path}: file not found")
+        raise _file_not_found(path)
     docs = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -322,7 +350,7 @@ def _read_arrow(paths: list[Path]) -> list[dict]:
     docs = []
     for path in paths:
         if not path.is_file():
-            raise RainError(f"{path}: file not found")
+            raise _file_not_found(path)
         try:
             table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
         except (pa.ArrowInvalid, OSError) as exc:
@@ -333,7 +361,7 @@ def _read_arrow(paths: list[Path]) -> list[dict]:
 
 def _read_labels(path: Path, n: int, cast: type) -> list:
     if not path.is_file():
-        raise RainError(f"{path}: file not found")
+        raise _file_not_found(path)
     lines = path.read_text(encoding="utf-8").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -357,7 +385,7 @@ def _load_split(files: list[Path], labels: Path | None, labels_required: bool, l
                 )
             doc[lf.label_field] = value
     elif labels_required:
-        raise RainError(f"{labels}: file not found (labels for {files[0]})")
+        raise _file_not_found(labels, f" (labels for {files[0]})")
     return docs
 
 
@@ -410,8 +438,8 @@ def _load_hub(spec: TaskSpec, need_pool: bool) -> tuple[list[dict], list[dict] |
         import datasets
     except ImportError:
         raise RainError(
-            f"{spec.name}: no data_dir given and `datasets` is not installed: pip install 'rain[hf]', "
-            "or point data_dir at local benchmark files"
+            f"{spec.name}: no local benchmark files and `datasets` (to load them from the hub) is not installed: "
+            f"pip install 'rain[hf]'; {eval_data_hint()}"
         ) from None
     try:
         ds = datasets.load_dataset(spec.hf_path, spec.hf_name)
@@ -419,7 +447,7 @@ def _load_hub(spec: TaskSpec, need_pool: bool) -> tuple[list[dict], list[dict] |
         msg = " ".join(str(exc).split())[:200]
         raise RainError(
             f"{spec.name}: cannot load {spec.hf_path} from the Hugging Face hub ({type(exc).__name__}: {msg}); "
-            "offline, give a data_dir with the benchmark files (layout of shared/data/eval)"
+            f"{eval_data_hint()}"
         ) from None
     docs = [dict(d) for d in ds[spec.eval_split]]
     pool = [dict(d) for d in ds["train"]] if need_pool else None
