@@ -22,7 +22,9 @@ from rain.posttrain.chat_data import (
     tokenize_conversations,
 )
 
-SFT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sft"
+from conftest import SHARED_DATA
+
+SFT = SHARED_DATA / "sft"
 ALPACA_FILE = SFT / "rasbt_instruction_data" / "instruction-data.json"
 OASST_FILE = SFT / "oasst_en_100" / "en_100_tree.jsonl"
 
@@ -219,8 +221,6 @@ def test_overflow_policies(tokenizer):
 
 @pytest.mark.shared_data
 def test_real_alpaca_file(tokenizer):
-    if not ALPACA_FILE.is_file():
-        pytest.skip(f"{ALPACA_FILE} not present")
     data = read_chat_data(ALPACA_FILE)
     assert len(data.conversations) == 1100 and not data.skipped
     assert sum("\n\n" in c[0]["content"] for c in data.conversations) == 325  # records with an input
@@ -229,8 +229,6 @@ def test_real_alpaca_file(tokenizer):
 
 @pytest.mark.shared_data
 def test_real_oasst_file(tokenizer):
-    if not OASST_FILE.is_file():
-        pytest.skip(f"{OASST_FILE} not present")
     data = read_chat_data(OASST_FILE)
     assert len(data.conversations) == 546 and not data.skipped  # one per assistant with no assistant reply below
     assert {len(c) for c in data.conversations} == {2, 4, 6}

@@ -12,8 +12,9 @@ from rain.config import RunConfig
 from rain.data.prepare import prepare
 from rain.data.tokenizer import Tokenizer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CORPUS = SHARED / "corpus"
+from conftest import SHARED_DATA
+
+CORPUS = SHARED_DATA / "corpus"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 pytestmark = pytest.mark.shared_data
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.shared_data
 def local_mixture(path: Path, budget: int) -> Path:
     """benchmarks/rain-v2-local.toml with this interpreter's standard library and a token budget."""
     text = (Path(__file__).resolve().parents[1] / "benchmarks" / "rain-v2-local.toml").read_text()
-    text = text.replace("../../shared/data", str(SHARED)).replace('"/usr/lib/python3.11"', json.dumps(str(STDLIB)))
+    text = text.replace("../../shared/data", str(SHARED_DATA)).replace('"/usr/lib/python3.11"', json.dumps(str(STDLIB)))
     path.write_text(text.replace("budget = 0 ", f"budget = {budget} "))
     return path
 
@@ -46,8 +47,6 @@ def samples() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    if not CORPUS.is_dir():
-        pytest.skip(f"{SHARED} is not present")
     tmp = tmp_path_factory.mktemp("shared")
     cfg = RunConfig()  # vocabulary 16,384
     cfg.data.mixture = str(local_mixture(tmp / "mix.toml", budget=1_000_000))

@@ -11,10 +11,9 @@ from rain.errors import RainError
 from rain.eval import runner
 from rain.eval.plots import trend_table
 from rain.train.trainer import train
-from tests.conftest import tiny_run_config
+from tests.conftest import SHARED_DATA, tiny_run_config
 
-EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
-needs_eval_data = pytest.mark.skipif(not EVAL.is_dir(), reason="needs ../shared/data/eval")
+EVAL = SHARED_DATA / "eval"
 TASKS = "arc_easy,hellaswag,piqa,winogrande"
 MC_ROWS_PER_CHECKPOINT = 7  # acc + acc_norm for arc_easy, hellaswag, piqa; acc for winogrande
 
@@ -71,7 +70,6 @@ def test_validation_loss_per_source_matches_training(run_dir, tmp_path, capsys):
 
 
 @pytest.mark.shared_data
-@needs_eval_data
 def test_benchmarks_resumable_then_new_shots_then_plot(run_dir, tmp_path, capsys):
     out_dir, results = tmp_path / "eval", tmp_path / "eval" / "results.jsonl"
     base = [run_dir, "--tasks", TASKS, "--limit", 10, "--eval-data", EVAL, "--batches", 1, "--out", out_dir, "--no-plot"]
@@ -110,7 +108,6 @@ def test_benchmarks_resumable_then_new_shots_then_plot(run_dir, tmp_path, capsys
 
 
 @pytest.mark.shared_data
-@needs_eval_data
 def test_harness_scores_the_same_tasks_through_lm_eval(run_dir, tmp_path, capsys, monkeypatch):
     pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

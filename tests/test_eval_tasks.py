@@ -19,17 +19,16 @@ from rain.eval.tasks import (
     load_task,
 )
 
+from conftest import SHARED_DATA
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-EVAL = SHARED / "eval"
-shared_data = pytest.mark.skipif(not EVAL.is_dir(), reason="needs ../shared/data/eval")
+EVAL = SHARED_DATA / "eval"
 
 
 # ----------------------------------------------------------------------------- real items, literal formats
 
 
 @pytest.mark.shared_data
-@shared_data
 def test_zero_shot_prompts_on_real_items():
     arc = build_requests("arc_easy", limit=1, data_dir=EVAL).items[0]
     q = "Which statement best explains why photosynthesis is the foundation of most food webs?"
@@ -68,7 +67,6 @@ def test_hellaswag_preprocess():
 
 
 @pytest.mark.shared_data
-@shared_data
 def test_requests_equal_lm_eval_task_objects(tmp_path):
     """lm-eval's own ConfigurableTask (its yamls, reading the same local files) builds the same requests,
     0-shot and 5-shot with its sampler seeded as simple_evaluate seeds it."""
@@ -95,7 +93,6 @@ def test_requests_equal_lm_eval_task_objects(tmp_path):
 
 
 @pytest.mark.shared_data
-@shared_data
 def test_kshot_reproducible_and_seeded():
     data = load_task("piqa", EVAL)
     first = build_requests("piqa", shots=3, limit=20, data=data)
@@ -114,7 +111,6 @@ def test_kshot_reproducible_and_seeded():
 
 
 @pytest.mark.shared_data
-@shared_data
 def test_kshot_never_shows_the_item_itself():
     data = load_task("hellaswag", EVAL)
     for item in build_requests("hellaswag", shots=5, limit=40, data=data).items:
@@ -139,7 +135,6 @@ def test_sampler_excludes_eval_doc_like_lm_eval():
 
 
 @pytest.mark.shared_data
-@shared_data
 def test_limit_fraction_like_lm_eval():
     assert len(build_requests("winogrande", limit=0.01, data_dir=EVAL).items) == 13  # ceil(1267 * 0.01)
 
@@ -219,7 +214,6 @@ def test_not_an_arrow_stream(tmp_path):
 
 
 @pytest.mark.shared_data
-@shared_data
 def test_hub_path_is_the_same_code_path(monkeypatch):
     """Without a data_dir the documents come from datasets.load_dataset (here faked with the local rows)."""
     datasets = pytest.importorskip("datasets")

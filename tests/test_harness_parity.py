@@ -10,7 +10,6 @@ and rain's draw identically from the same pool (checked item by item in test_eva
 import json
 import logging
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,10 +23,10 @@ from rain.eval.harness import RainLM, harness_evaluate  # noqa: E402
 from rain.eval.multiple_choice import evaluate, item_scores, mean_stderr, score_tokens, tokenize_requests  # noqa: E402
 from rain.model import Transformer  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-EVAL = SHARED / "eval"
-CORPUS = SHARED / "corpus" / "c4_demo" / "c4_demo.jsonl"
-needs_shared = pytest.mark.skipif(not EVAL.is_dir() or not CORPUS.is_file(), reason="needs ../shared/data")
+from conftest import SHARED_DATA  # noqa: E402
+
+EVAL = SHARED_DATA / "eval"
+CORPUS = SHARED_DATA / "corpus" / "c4_demo" / "c4_demo.jsonl"
 
 PARITY_TASKS = ["arc_easy", "hellaswag", "piqa", "winogrande"]
 LIMIT = 30
@@ -83,7 +82,6 @@ def hf_cache(tmp_path_factory):
 
 
 @pytest.mark.shared_data
-@needs_shared
 @pytest.mark.parametrize("shots", [0, 5])
 def test_native_equals_lm_eval(model, tokenizer, shots, hf_cache):
     logging.getLogger("lm_eval").setLevel(logging.ERROR)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 from io import StringIO
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,10 +25,9 @@ from rain.train import checkpoint as ckpt  # noqa: E402
 from rain.train.data import PretrainData  # noqa: E402
 from rain.train.metrics import read_metrics  # noqa: E402
 from rain.train.trainer import build_model, train  # noqa: E402
-from tests.conftest import random_hf_folder, small_model_config, tiny_run_config  # noqa: E402
+from tests.conftest import SHARED_DATA, random_hf_folder, small_model_config, tiny_run_config  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ALPACA = SHARED / "sft" / "rasbt_instruction_data" / "instruction-data.json"
+ALPACA = SHARED_DATA / "sft" / "rasbt_instruction_data" / "instruction-data.json"
 CPU = torch.device("cpu")
 CONFIG_TOML = """
 [model]
@@ -84,9 +82,9 @@ def test_base_to_chat_model_to_transformers(tiny_data, tmp_path, capsys, monkeyp
 
     # 2. continued pretraining on another mix (web text and math word problems), same tokenizer
     docs = [("c4", json.loads(line)["text"][:2000])
-            for line in (SHARED / "corpus/c4_demo/c4_demo.jsonl").read_text().splitlines()[:60]]
+            for line in (SHARED_DATA / "corpus/c4_demo/c4_demo.jsonl").read_text().splitlines()[:60]]
     docs += [("gsm8k", (lambda r: f"{r['question']}\n{r['answer']}")(json.loads(line)))
-             for line in (SHARED / "corpus/gsm8k_train/train.jsonl").read_text().splitlines()[:150]]
+             for line in (SHARED_DATA / "corpus/gsm8k_train/train.jsonl").read_text().splitlines()[:150]]
     mix_cfg = tiny_run_config()
     mix_cfg.data.tokenizer = str(tiny_data / "tokenizer.json")
     prepare(mix_cfg, tmp_path / "mix", documents=lambda: iter(docs), log=quiet)
