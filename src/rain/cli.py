@@ -25,7 +25,10 @@ def _config(args) -> "RunConfig":
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None = "tiny") -> None:
-    p.add_argument("--config", default=default, help="a preset name in configs/ (tiny, rain-v2, gpt2-124m) or a TOML file (default: %(default)s)")
+    from rain.config import PRESET_DIR  # standard library only: `rain --help` stays fast
+
+    presets = ", ".join(sorted(path.stem for path in PRESET_DIR.glob("*.toml"))) or "none found"
+    p.add_argument("--config", default=default, help=f"a preset name in configs/ ({presets}) or a TOML file (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set train.lr=1e-3 (repeatable)")
 
@@ -136,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "Read text, train a byte-level BPE tokenizer and write uint16/uint32 token shards plus a held-out "
                        "validation split and manifest.json into --out. With no --data, the built-in corpus is used.")
     _add_config_args(p)
-    p.add_argument("--data", nargs="+", help="text/markdown/jsonl files or folders (default: the built-in corpus)")
+    p.add_argument("--data", nargs="+", help=(
+        "files, folders (read recursively, e.g. a code repository) or globs: text files of any name (.txt, .md, "
+        ".rst, .py, README, copyright, ...; binary files are skipped and counted), .gz text files (changelog.gz), "
+        ".jsonl/.jsonl.gz/.jsonl.zst and .parquet (field `text`), .tar/.tar.gz/.tar.xz/.tar.bz2 archives of text "
+        "files; or one mixture .toml (default: the built-in corpus)"))
     p.add_argument("--out", required=True, help="output folder for shards, manifest.json, tokenizer.json")
     p.add_argument("--overwrite", action="store_true", help="replace data already prepared in --out")
     p.set_defaults(func=cmd_prepare)
