@@ -25,6 +25,7 @@ from rain.progress import progress
 
 STATE = ".prepare_state.npz"  # one file (JSON state + arrays), so one atomic write makes a checkpoint
 FILTERED_UNENCODED = ("too_short", "too_long", "quality")
+SKIPPED_FILES_LISTED = 100  # binary files named per source in the manifest (all are counted)
 
 
 def _counter() -> dict:
@@ -32,7 +33,8 @@ def _counter() -> dict:
 
 
 def _new_stats() -> dict:
-    return {"input": {"records": 0, "bad_json": 0, "missing_field": 0, "empty": 0, "bad_bytes": 0, "examples": []},
+    return {"input": {"records": 0, "bad_json": 0, "missing_field": 0, "empty": 0, "binary": 0, "bad_bytes": 0,
+                      "examples": [], "skipped_files": []},
             "removed": {}, "train": _counter(), "val": _counter()}
 
 
@@ -91,9 +93,11 @@ class ShardRun:
         inp["records"] += 1
         inp["bad_bytes"] += doc.record.bad_bytes
         if doc.record.issue:
-            inp[doc.record.issue] += 1
+            inp[doc.record.issue] = inp.get(doc.record.issue, 0) + 1  # .get: a state saved before `binary` existed
             if len(inp["examples"]) < 5:
                 inp["examples"].append(f"{doc.record.issue} at {doc.record.where}")
+            if doc.record.issue == "binary" and len(inp.setdefault("skipped_files", [])) < SKIPPED_FILES_LISTED:
+                inp["skipped_files"].append(doc.record.where)
 
     def _remove(self, doc: Doc, label: str, reason: str) -> None:
         family, _, rule = reason.partition(":")
@@ -306,7 +310,9 @@ class ShardRun:
             raise RainError(f"no training documents: every document of {self.mixture.origin} was held out, filtered or "
                             f"unreadable" + _input_summary(self.stats))
         if not splits["val"]:
-            raise RainError("no validation documents: raise data.val_fraction or add more documents")
+            raise RainError(f"no validation documents: none of the {self.train_docs():,} documents kept was held out at "
+                            f"data.val_fraction = {self.cfg.data.val_fraction}; raise it (e.g. --set data.val_fraction=0.1) "
+                            f"or add more documents")
         self._estimate_filtered_tokens()
         train_tokens = self.train_tokens()
         manifest = {
@@ -340,7 +346,7 @@ def _bytes_per_token(split: dict) -> float | None:
 
 
 def _input_summary(stats: dict) -> str:
-    issues = {k: sum(s["input"][k] for s in stats.values()) for k in ("bad_json", "missing_field", "empty")}
+    issues = {k: sum(s["input"].get(k, 0) for s in stats.values()) for k in ("bad_json", "missing_field", "empty", "binary")}
     removed: dict[str, int] = {}
     for s in stats.values():
         for family, bucket in s["removed"].items():

@@ -119,12 +119,28 @@ def load_state(out: Path, key: str) -> tuple[dict, dict] | None:
 def prepare(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
             documents: Callable[[], Iterable[tuple[str, str]]] | None = None, log: Callable[[str], None] = print) -> dict:
     """Build the corpus of cfg.data (a mixture .toml, files, or the built-in corpus) into out_dir and return
-    its manifest. An interrupted run in out_dir is resumed; a finished one needs overwrite=True."""
+    its manifest. An interrupted run in out_dir is resumed; a finished one needs overwrite=True. A run that
+    fails before its first checkpoint removes the folders it created."""
     t0 = time.time()
     out = Path(out_dir)
     mixture = resolve_mixture(cfg, documents)
     if (out / MANIFEST).exists() and not overwrite:
         raise RainError(f"{out}: already holds prepared data; pass --overwrite to replace it or choose another --out")
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    try:
+        manifest = _prepare(cfg, mixture, out, overwrite, log, t0)
+    except BaseException:
+        if created and not (out / STATE).exists():  # nothing to resume: leave no half-written folder behind
+            _remove_created(out, created)
+        raise
+    _log_skipped(manifest, log)
+    from rain.data.report import report
+
+    report(out)
+    return manifest
+
+
+def _prepare(cfg: RunConfig, mixture: Mixture, out: Path, overwrite: bool, log, t0: float) -> dict:
     if overwrite and out.is_dir():
         clean_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +157,24 @@ def prepare(cfg: RunConfig, out_dir: str | Path, overwrite: bool = False,
         manifest = shard_run.finish(tokenizer, {"tokenizer": t1 - t0, "shards": time.time() - t1})
     if manifest["mixture"]["ended"].get("short"):
         log("warning: " + manifest["mixture"]["ended"]["message"])
-    from rain.data.report import report
-
-    report(out)
     return manifest
+
+
+def _remove_created(out: Path, created: list[Path]) -> None:
+    """Remove prepare's own files from out, then each folder this run created while it is empty (a folder
+    someone else put files into meanwhile stays)."""
+    if out.is_dir():
+        clean_out_dir(out)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _log_skipped(manifest: dict, log) -> None:
+    for name, inp in manifest["input"].items():
+        if inp.get("binary"):
+            files = inp.get("skipped_files", [])
+            more = f", ... (manifest.json lists {len(files)})" if len(files) > 3 else ""
+            log(f"{name}: skipped {inp['binary']} binary file(s), not text: {', '.join(files[:3])}{more}")

@@ -14,6 +14,8 @@ from rain.errors import RainError
 KINDS = ("prose", "code", "math")
 SPLITS = ("file", "line", "paragraph")
 STRUCTURE_PROBE = 100  # a file whose first this-many records give no text is the wrong file or field
+# Binary data has NUL bytes or is mostly invalid UTF-8; Latin-1 prose has only a few percent of such bytes.
+MAX_NOT_UTF8 = 0.3
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Source:
 class Record(NamedTuple):
     pos: tuple[int, int, int]  # (location, file, record within file)
     text: str | None
-    issue: str | None = None  # bad_json | missing_field | empty (text is None)
+    issue: str | None = None  # bad_json | missing_field | empty | binary (text is None)
     bad_bytes: int = 0  # undecodable bytes replaced by U+FFFD
     where: str = ""  # file:line, for issues
     label: str | None = None  # stats key when a source carries several (in-memory documents)
@@ -67,6 +69,18 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
         _replaced[0] = 0
         text = data.decode("utf-8", "rain.count")
         return text, _replaced[0]
+
+
+def binary_reason(head: bytes, complete: bool) -> str | None:
+    """Why the first bytes of a file say it is not text, or None if they are text. `complete`: head is the
+    whole file (if not, a character cut at its end is not held against it)."""
+    if b"\0" in head:
+        return "it holds NUL bytes"
+    _replaced[0] = 0
+    codecs.getincrementaldecoder("utf-8")("rain.count").decode(head, final=complete)
+    if _replaced[0] > MAX_NOT_UTF8 * len(head):
+        return f"{_replaced[0] / len(head):.0%} of its first {len(head):,} bytes are not UTF-8"
+    return None
 
 
 def clean_surrogates(text: str) -> tuple[str, int]:

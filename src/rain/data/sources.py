@@ -1,8 +1,10 @@
 """Sources: a name, one or more locations and a text field, read as a stream of records.
 
-A location is a local file, folder or glob (.txt .md .rst .py, .jsonl, .jsonl.gz, .jsonl.zst, .parquet, and
-.tar/.tar.gz/.tar.xz archives of text files) or a Hugging Face dataset, `hf://org/name?name=subset` (see
-rain.data.hub).
+A location is a local file, folder or glob (.txt .md .rst .py, .jsonl, .jsonl.gz, .jsonl.zst, .parquet,
+.tar/.tar.gz/.tar.xz archives of text files, and files of any other name whose content is text, such as README
+or copyright; .gz files are read by their inner name, so changelog.gz is text) or a Hugging Face dataset,
+`hf://org/name?name=subset` (see rain.data.hub). In a folder, a file that is neither named as a known kind nor
+text (an image, a compiled file) is skipped and counted as a `binary` issue.
 
 Every record has a position (location, file, record) so a stream can restart exactly where it stopped. Bad
 input is a record too (an `issue`), so it is counted where the stream is, not where the reader is."""
@@ -18,8 +20,9 @@ import os
 import random
 import tarfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -27,29 +30,35 @@ import pyarrow.parquet as pq
 import zstandard
 
 from rain.data.hub import parse_hf, read_hf
-from rain.data.records import (KINDS, SPLITS, Location, Probe, Record, Source, TextField, clean_surrogates,  # noqa: F401
-                               decode_utf8, text_record)
+from rain.data.records import (KINDS, SPLITS, Location, Probe, Record, Source, TextField, binary_reason,  # noqa: F401
+                               clean_surrogates, decode_utf8, text_record)
 from rain.errors import RainError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 PARQUET_SUFFIXES = (".parquet",)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")  # text files inside, one document each
-SUPPORTED = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + ARCHIVE_SUFFIXES
+SUPPORTED = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + ARCHIVE_SUFFIXES  # read by name alone
+READS = "text files of any name (binary ones are skipped), .gz text files, " + ", ".join(SUPPORTED[len(TEXT_SUFFIXES):])
+BINARY_PROBE = 8192  # the bytes that decide whether a file with no known suffix is text
+SKIP_DIRS = {".git", ".hg", ".svn"}  # version-control metadata: never documents, not even its text files
 
 
 # --- files --------------------------------------------------------------------------------------------
 
 
 def file_kind(path: Path | str) -> str:
-    name = str(path).lower()
+    """How a file is read, by its name: jsonl, parquet, tar, text, or sniff (no known suffix: read as text if
+    its first bytes are text, else skipped as binary). A .gz that is neither .jsonl.gz nor .tar.gz is read
+    gunzipped, by its inner name: notes.md.gz is text, changelog.gz is sniffed."""
+    name = Path(path).name.lower()
     if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
     if name.endswith(ARCHIVE_SUFFIXES):
         return "tar"
-    return "text"
+    return "text" if name.removesuffix(".gz").endswith(TEXT_SUFFIXES) else "sniff"
 
 
 def has_glob(path: str) -> bool:
@@ -65,16 +74,17 @@ def resolve_files(source: Source, loc: Location, seed: int) -> list[Path]:
     elif Path(path).is_dir():
         files = _walk(path, source.glob or ("**/*.py" if source.kind == "code" else "**/*"), source.exclude)
     elif Path(path).is_file():
-        if not str(path).lower().endswith(SUPPORTED):
-            raise RainError(f"source {source.name}: {path}: unsupported file type (supported: {', '.join(SUPPORTED)})")
+        reason = file_kind(path) == "sniff" and not_text_reason(Path(path))
+        if reason:  # named on its own, so an error (in a folder it would be skipped and counted)
+            raise RainError(f"source {source.name}: {path}: unsupported file type: not text ({reason}); rain reads {READS}")
         return [Path(path)]
     else:
         raise RainError(f"source {source.name}: {path}: no such file or folder"
                         + (" (for a Hugging Face dataset write hf://org/name)" if path.count("/") == 1 else ""))
-    files = [p for p in files if p.is_file() and (explicit_pattern or str(p).lower().endswith(SUPPORTED))]
-    files = [p for p in files if not _excluded(str(p), source.exclude)]
+    files = [p for p in files if p.is_file() and not _excluded(str(p), source.exclude)]
     if not files:
-        raise RainError(f"source {source.name}: {path}: no files to read (supported: {', '.join(SUPPORTED)})")
+        raise RainError(f"source {source.name}: {path}: no files to read"
+                        + ("" if explicit_pattern else f" (rain reads {READS})"))
     files.sort()
     random.Random(f"{seed}/{source.name}/{loc.path}").shuffle(files)
     return files
@@ -87,7 +97,7 @@ def _walk(root: str, pattern: str, exclude: list[str]) -> list[Path]:
     short = pattern[3:] if pattern.startswith("**/") else pattern
     found = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in names]
+        dirs[:] = [d for d in dirs if d not in names and d not in SKIP_DIRS]
         rel = os.path.relpath(folder, root)
         for name in files:
             path = name if rel == "." else f"{rel}/{name}"
@@ -134,18 +144,32 @@ def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def _jsonl_lines(path: Path) -> Iterator[bytes]:
-    name = path.name.lower()
-    if name.endswith(".zst"):
-        yield from _split_lines(_zst_chunks(path))
-    elif name.endswith(".gz"):
-        try:
-            with gzip.open(path, "rb") as f:
-                yield from f
-        except (EOFError, gzip.BadGzipFile, OSError) as exc:
-            raise RainError(f"{path}: truncated or corrupt gzip file ({exc}); re-download it") from None
-    else:
+@contextmanager
+def _open_bytes(path: Path) -> Iterator[BinaryIO]:
+    """A file's bytes, gunzipped for .gz; a truncated or corrupt .gz stops with one line naming the file."""
+    if not path.name.lower().endswith(".gz"):
         with open(path, "rb") as f:
+            yield f
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            yield f
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise RainError(f"{path}: truncated or corrupt gzip file ({exc}); re-download it") from None
+
+
+def not_text_reason(path: Path) -> str | None:
+    """Why a file with no known suffix is not text, judged by its first bytes; None if it is text."""
+    with _open_bytes(path) as f:
+        head = f.read(BINARY_PROBE)
+    return binary_reason(head, complete=len(head) < BINARY_PROBE)
+
+
+def _jsonl_lines(path: Path) -> Iterator[bytes]:
+    if path.name.lower().endswith(".zst"):
+        yield from _split_lines(_zst_chunks(path))
+    else:
+        with _open_bytes(path) as f:
             yield from f
 
 
@@ -209,27 +233,37 @@ def _read_parquet(source: Source, key: tuple[int, int], path: Path, field: TextF
         raise RainError(f"{path}: row {row}: unreadable parquet data ({exc}); it may be truncated, re-download it") from None
 
 
-def _read_text(source: Source, key: tuple[int, int], path: Path, skip: int) -> Iterator[Record]:
-    if source.split == "file":
+def _read_text(source: Source, key: tuple[int, int], path: Path, skip: int, sniff: bool = False) -> Iterator[Record]:
+    """A text file (gunzipped for .gz) as one document, or one per line or paragraph. With sniff (no known
+    suffix), a file whose first bytes are not text is one `binary` issue instead."""
+    if sniff and (reason := not_text_reason(path)):
         if skip == 0:
-            text, bad = decode_utf8(path.read_bytes())
-            yield text_record((*key, 0), text, bad, str(path))
+            yield Record((*key, 0), None, "binary", 0, f"{path} ({reason})")
         return
+    with _open_bytes(path) as f:
+        if source.split == "file":
+            if skip == 0:
+                text, bad = decode_utf8(f.read())
+                yield text_record((*key, 0), text, bad, str(path))
+            return
+        yield from _split_text(source.split, key, path, f, skip)
+
+
+def _split_text(split: str, key: tuple[int, int], path: Path, f: BinaryIO, skip: int) -> Iterator[Record]:
     index, lines = 0, []
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if source.split == "line":
-                if index >= skip:
-                    text, bad = decode_utf8(line.rstrip(b"\r\n"))
-                    yield text_record((*key, index), text, bad, f"{path}:{lineno}")
-                index += 1
-            elif line.strip():
-                lines.append(line)
-            elif lines:
-                if index >= skip:
-                    text, bad = decode_utf8(b"".join(lines))
-                    yield text_record((*key, index), text, bad, f"{path}:{lineno}")
-                index, lines = index + 1, []
+    for lineno, line in enumerate(f, 1):
+        if split == "line":
+            if index >= skip:
+                text, bad = decode_utf8(line.rstrip(b"\r\n"))
+                yield text_record((*key, index), text, bad, f"{path}:{lineno}")
+            index += 1
+        elif line.strip():
+            lines.append(line)
+        elif lines:
+            if index >= skip:
+                text, bad = decode_utf8(b"".join(lines))
+                yield text_record((*key, index), text, bad, f"{path}:{lineno}")
+            index, lines = index + 1, []
     if lines and index >= skip:
         text, bad = decode_utf8(b"".join(lines))
         yield text_record((*key, index), text, bad, str(path))
@@ -291,7 +325,7 @@ def read_records(source: Source, seed: int, start: tuple[int, int, int] = (0, 0,
             elif kind == "tar":
                 yield from _read_tar(source, (li, fi), path, skip)
             else:
-                yield from _read_text(source, (li, fi), path, skip)
+                yield from _read_text(source, (li, fi), path, skip, sniff=kind == "sniff")
 
 
 def check_scheme(source: Source, path: str) -> None:
