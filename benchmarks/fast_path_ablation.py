@@ -17,7 +17,7 @@ import sys
 from rain.config import load_config
 from rain.train.bench import device_name, measure
 from rain.train.commands import FAST_PATH, PRECISIONS
-from rain.train.trainer import pick_device
+from rain.runtime import pick_device
 
 
 def main(argv: list[str] | None = None) -> int:

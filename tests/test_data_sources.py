@@ -139,9 +139,9 @@ def test_unknown_schemes_missing_paths_and_unsupported_files(tmp_path):
         list(read_records(src("s3://bucket/data.jsonl"), seed=0))
     with pytest.raises(RainError, match=r"no such file or folder \(for a Hugging Face dataset write hf://org/name\)"):
         list(read_records(src("HuggingFaceFW/fineweb-edu"), seed=0))
-    (tmp_path / "table.csv").write_text("a,b\n")
+    (tmp_path / "table.bin").write_bytes(b"\x00\x01 binary")
     with pytest.raises(RainError, match="unsupported file type"):
-        list(read_records(src(tmp_path / "table.csv"), seed=0))
+        list(read_records(src(tmp_path / "table.bin"), seed=0))
 
 
 def test_hf_source_reads_a_local_mirror_in_the_hub_layout(tmp_path):

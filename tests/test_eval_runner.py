@@ -54,7 +54,7 @@ def test_checkpoints_found_once_per_step_in_token_order(run_dir):
 
 
 def test_validation_loss_per_source_matches_training(run_dir, tmp_path, capsys):
-    code, out, err = rain_eval([run_dir, "--batches", 2, "--out", tmp_path], capsys)
+    code, out, err = rain_eval([run_dir, "--out", tmp_path], capsys)  # by default, the windows training scored
     assert code == 0, err
     assert (tmp_path / "trends.png").is_file() and (tmp_path / "trends.md").is_file()  # drawn by default
     rows = read_rows(tmp_path / "results.jsonl")
@@ -65,6 +65,10 @@ def test_validation_loss_per_source_matches_training(run_dir, tmp_path, capsys):
         mine = {r["metric"]: r["value"] for r in rows if r["checkpoint"] == name and r["source"] == "all"}
         # The same windows as the trainer's own evaluation: the same loss, perplexity and bits per byte.
         assert mine == pytest.approx({k: state[f"val_{k}"] for k in ("loss", "ppl", "bpb")}, abs=1e-4)
+        for source in ("math", "prose"):  # and each source's, from the same windows
+            theirs = {r["metric"]: r["value"] for r in rows if r["checkpoint"] == name and r["source"] == source}
+            assert theirs["loss"] == pytest.approx(state[f"val_loss/{source}"], abs=1e-4)
+            assert theirs["bpb"] == pytest.approx(state[f"val_bpb/{source}"], abs=1e-4)
     assert all(r["value"] > 0 and r["items"] > 0 for r in rows)
     assert "val bpb (math)" in out
 

@@ -17,7 +17,6 @@ from rain.cli import main  # noqa: E402
 from rain.data.prepare import prepare  # noqa: E402
 from rain.data.tokenizer import IM_END, train_bpe  # noqa: E402
 from rain.errors import RainError  # noqa: E402
-from rain.eval.loss import loss_report, validation_loss  # noqa: E402
 from rain.model.generate import generate  # noqa: E402
 from rain.posttrain.chat import CHAT_TEMPLATE, encode_prompt  # noqa: E402
 from rain.posttrain.sft import read_conversations, split_conversations  # noqa: E402
@@ -25,6 +24,7 @@ from rain.train import checkpoint as ckpt  # noqa: E402
 from rain.train.data import PretrainData  # noqa: E402
 from rain.train.metrics import read_metrics  # noqa: E402
 from rain.train.trainer import build_model, train  # noqa: E402
+from rain.train.validation import source_losses, validation_report  # noqa: E402
 from tests.conftest import SHARED_DATA, random_hf_folder, small_model_config, tiny_run_config  # noqa: E402
 
 ALPACA = SHARED_DATA / "sft" / "rasbt_instruction_data" / "instruction-data.json"
@@ -59,7 +59,8 @@ def quiet(*_):
 
 
 def val_loss_of(model, cfg) -> float:
-    return loss_report(validation_loss(model, PretrainData(cfg).val_batches(), CPU))["val_loss"]
+    data = PretrainData(cfg)
+    return validation_report(source_losses(model, data.val_batches(), CPU), [], {})["val_loss"]
 
 
 def cli(args, capsys) -> tuple[int, str, str]:

@@ -15,27 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from rain.errors import RainError
+from rain.files import write_atomic, write_json_atomic  # noqa: F401 (the writers' home; re-exported)
 
 MANIFEST = "manifest.json"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, then rename: a crash leaves either the old file or the new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_atomic(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

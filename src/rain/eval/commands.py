@@ -104,8 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "rain model (their data comes from the hub), e.g. lambada_openai")
     p.add_argument("--data", metavar="DIR", help="prepared data folder for validation loss (default: the one each checkpoint "
                    "was trained on)")
-    p.add_argument("--batches", "--val-batches", dest="batches", type=int, default=50, metavar="N",
-                   help="validation batches per source; 0 skips validation loss (default: %(default)s)")
+    p.add_argument("--batches", "--val-batches", dest="batches", type=int, default=None, metavar="N",
+                   help="validation loss on N x train.micro_batch windows spread over the split, overall and per "
+                        "source; 0 skips it (default: the run's train.eval_batches, the windows training scored)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="benchmark rows per forward pass (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed, lm-eval's default (default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="folder for results.jsonl and the trends (default: RUN/eval)")

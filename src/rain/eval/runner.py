@@ -11,6 +11,7 @@ atomically: a failed evaluation leaves results.jsonl exactly as it was.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,15 +21,16 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from rain.data.loader import document_ids, sequential_batches
-from rain.data.shards import load_doc_index, load_manifest, open_split, write_atomic
+from rain.data.prepared import PreparedData
+from rain.data.shards import write_atomic
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
-from rain.eval.loss import loss_report
 from rain.eval.multiple_choice import score_tasks
 from rain.eval.tasks import FEWSHOT_SEED, TaskData, build_requests, get_task, load_task
 from rain.train import checkpoint as ckpt_io
-from rain.train.trainer import autocast_for, pick_device
+from rain.runtime import autocast_for, pick_device
+from rain.train.data import validation_batches
+from rain.train.validation import source_losses, validation_report
 
 RESULTS_FILE = "results.jsonl"
 ROW_FIELDS = ("checkpoint", "step", "tokens", "task", "n_shot", "metric", "value", "stderr", "items", "limit",
@@ -99,20 +101,10 @@ def default_eval_dir(path: str | Path) -> Path:
     return folder.parent.parent / "eval" if folder.parent.name == "checkpoints" else folder / "eval"
 
 
-def same_tokenizer(a: Path, b: Path) -> bool:
-    x, y = a.read_bytes(), b.read_bytes()
-    if x == y:
-        return True
-    try:
-        return json.loads(x) == json.loads(y)  # the same tokenizer saved with other formatting
-    except ValueError:
-        return False
-
-
 def check_tokenizers(checkpoints: Sequence[Checkpoint]) -> None:
     first = checkpoints[0].folder / "tokenizer.json"
     for c in checkpoints[1:]:
-        if not same_tokenizer(first, c.folder / "tokenizer.json"):
+        if not ckpt_io.same_tokenizer(first, c.folder / "tokenizer.json"):
             raise RainError(f"{c.folder}/tokenizer.json differs from {first}: the checkpoints of one run must share "
                             "a tokenizer; evaluate them separately with --out")
 
@@ -179,94 +171,55 @@ def make_row(ckpt: Checkpoint, unit: Unit, row: dict) -> dict:
 
 
 class ValidationSet:
-    """The held-out split of a prepared data folder: as a whole (windows exactly as training evaluates them)
-    and, when the manifest indexes documents by source, each source on its own."""
+    """The held-out split of a prepared data folder, scored on the windows training scores."""
 
     def __init__(self, data_dir: str | Path):
-        self.dir = Path(data_dir)
-        self.manifest = load_manifest(self.dir)
-        self.shards = open_split(self.dir, "val", self.manifest)
-        self.stats = self.manifest.get("sources", {}).get("val", {})
+        self.data = PreparedData(data_dir)
+        self.dir = self.data.dir
+        self.stream = self.data.stream("val")
 
     def check_tokenizer(self, tokenizer_json: Path, tokenizer: Tokenizer, vocab_size: int) -> None:
-        ours = self.dir / self.manifest.get("tokenizer", "tokenizer.json")
+        ours = self.data.tokenizer_path
         if ours.is_file():
-            same = same_tokenizer(ours, tokenizer_json)
+            same = ckpt_io.same_tokenizer(ours, tokenizer_json)
         else:
-            same = self.manifest["eot_id"] == tokenizer.eot_id and self.manifest["vocab_size"] <= vocab_size
+            same = self.data.manifest["eot_id"] == tokenizer.eot_id and self.data.manifest["vocab_size"] <= vocab_size
         if not same:
             raise RainError(f"{self.dir} was prepared with another tokenizer than {tokenizer_json.parent}: pass "
                             "--data with data prepared with the run's tokenizer, or --batches 0 to skip validation loss")
 
-    def counts(self, source: str) -> tuple[int, int]:
-        """(tokens, UTF-8 bytes) of a source's whole val split, or of all of them: the bits-per-byte ratio."""
-        stats = self.stats.values() if source == "all" else [self.stats.get(source, {})]
-        return sum(s.get("tokens", 0) for s in stats), sum(s.get("bytes", 0) for s in stats)
+    def sources(self) -> list[str]:
+        return self.data.source_names if self.stream.doc_sources is not None else []
 
-    def streams(self, max_tokens: int) -> dict[str, list[np.ndarray]]:
-        """{"all": the val shards, source: its documents (each with its <|endoftext|>) up to max_tokens}."""
-        out: dict[str, list[np.ndarray]] = {"all": self.shards}
-        names = self.manifest.get("source_names") or []
-        records = self.manifest["splits"]["val"]
-        if len(names) < 2 or any("index" not in r for r in records):
-            return out  # one source (the whole split is it) or no per-document index: the split overall
-        starts = np.concatenate([[0], np.cumsum([len(s) for s in self.shards])])
-        pieces: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        have = dict.fromkeys(names, 0)
-        for shard_no, record in enumerate(records):
-            if min(have.values()) >= max_tokens:
-                break
-            for offset, n_tokens, source in load_doc_index(self.dir, record):
-                name = names[int(source)]
-                if have[name] < max_tokens:
-                    a = int(starts[shard_no] + offset)
-                    pieces[name].append(self._read(starts, a, a + int(n_tokens) + 1))
-                    have[name] += int(n_tokens) + 1
-        out.update({n: [np.concatenate(p)[:max_tokens]] for n, p in pieces.items() if p})
-        return out
-
-    def _read(self, starts: np.ndarray, a: int, b: int) -> np.ndarray:
-        # A document may run on into the next shard.
-        parts = []
-        for i, shard in enumerate(self.shards):
-            lo, hi = max(a, int(starts[i])), min(b, int(starts[i + 1]))
-            if lo < hi:
-                parts.append(np.asarray(shard[lo - starts[i] : hi - starts[i]]))
-        return np.concatenate(parts)
+    def counts(self) -> dict[str | None, tuple[int, int]]:
+        return {None: self.data.counts("val"), **{n: self.data.counts("val", n) for n in self.sources()}}
 
 
-@torch.no_grad()
-def _mean_loss(model, batches, device, eot_id: int, doc_mask: bool) -> tuple[float, int]:
-    total, count = 0.0, 0
-    for x, y in batches:
-        doc = document_ids(x, eot_id).to(device) if doc_mask else None
-        loss = model(x.to(device), y.to(device), doc_ids=doc)
-        total += float(loss) * y.numel()
-        count += y.numel()
-    return total / max(count, 1), count
-
-
-def validation_rows(model, cfg, val: ValidationSet, batches: int, eot_id: int) -> list[dict]:
-    """loss, ppl and bpb on the first `batches` windows of the split and of each source, rows for results.jsonl.
-
-    The "all" windows are those training evaluates (sequential_batches at micro_batch), so with
-    batches = train.eval_batches the loss equals the one in the checkpoint's state.json."""
-    context, micro = cfg.model.context, cfg.train.micro_batch
+def validation_rows(model, cfg, val: ValidationSet, batches: int | None, eot_id: int) -> list[dict]:
+    """loss, ppl and bpb over the whole split and per source, as rows for results.jsonl: scored on exactly the
+    windows training validates on (rain.train.data.validation_batches: train.eval_batches x train.micro_batch
+    windows spread over the split), so with the default `batches` the numbers are training's."""
+    t = cfg.train
+    n_windows = (batches or t.eval_batches) * t.micro_batch
     device = next(model.parameters()).device
+    try:
+        windows = validation_batches(val.stream, cfg.model.context, n_windows, t.micro_batch,
+                                     eot_id if t.doc_mask else None)
+        report = validation_report(source_losses(model, windows, device), val.sources(), val.counts())
+    except ValueError as exc:
+        raise RainError(f"{val.dir}: {exc}; pass --data with a larger validation split, or --batches 0") from None
     rows = []
-    for source, shards in val.streams(batches * micro * context + 1).items():
-        windows = list(sequential_batches(shards, context, micro, batches))
-        if not windows and len(shards[0]) >= 2:  # a source shorter than one window: score what there is
-            stream = torch.from_numpy(np.asarray(shards[0]).astype(np.int64))[None]
-            windows = [(stream[:, :-1], stream[:, 1:])]
-        if not windows:
+    for source in ["all"] + val.sources():
+        suffix = "" if source == "all" else f"/{source}"
+        if f"val_loss{suffix}" not in report:
             continue
-        loss, n = _mean_loss(model, windows, device, eot_id, cfg.train.doc_mask)
-        report = loss_report(loss, *val.counts(source))
-        for metric in ("loss", "ppl", "bpb"):
-            if f"val_{metric}" in report:
-                rows.append({"task": "val", "metric": metric, "value": report[f"val_{metric}"], "items": n,
-                             "source": source})
+        loss = report[f"val_loss{suffix}"]
+        ppl = report["val_ppl"] if source == "all" else round(math.exp(min(loss, 50)), 3)
+        values = {"loss": loss, "ppl": ppl, "bpb": report.get(f"val_bpb{suffix}")}
+        for metric, value in values.items():
+            if value is not None:
+                rows.append({"task": "val", "metric": metric, "value": value, "source": source,
+                             "items": report[f"val_tokens{suffix}"]})
     return rows
 
 
@@ -292,7 +245,7 @@ class EvalPlan:
     limit: float | None = None
     harness: bool = False  # run `tasks` through lm-eval instead of rain's scorer
     harness_tasks: list[str] = field(default_factory=list)  # any lm-eval task names, run through lm-eval
-    val_batches: int = 50  # 0: no validation loss
+    val_batches: int | None = None  # validation windows in micro-batches (None: the run's train.eval_batches; 0: none)
     val_data: str | None = None  # prepared data folder; default: the one each checkpoint was trained on
     eval_data: str | Path | None = None  # benchmark files (layout of shared/data/eval); None: the HF hub
     batch_size: int = 32
@@ -305,13 +258,13 @@ class EvalPlan:
             raise RainError(f"--shots must be >= 0, got {min(self.shots)}")
         if self.limit is not None and self.limit <= 0:
             raise RainError(f"--limit must be positive, got {self.limit}")
-        if self.val_batches < 0:
+        if self.val_batches is not None and self.val_batches < 0:
             raise RainError(f"--batches must be >= 0, got {self.val_batches}")
         if self.eval_data is not None and not Path(self.eval_data).is_dir():
             raise RainError(f"{self.eval_data}: no such benchmark folder (--eval-data; layout of shared/data/eval)")
 
     def units(self) -> list[Unit]:
-        out = [Unit("val", None, self.val_batches)] if self.val_batches else []
+        out = [Unit("val", None, self.val_batches)] if self.val_batches != 0 else []
         evaluator = "lm-eval" if self.harness else "rain"
         out += [Unit(t, k, self.limit, evaluator) for k in self.shots for t in self.tasks]
         out += [Unit(t, k, self.limit, "lm-eval") for k in self.shots for t in self.harness_tasks]

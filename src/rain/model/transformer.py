@@ -185,17 +185,28 @@ class LinearCrossEntropy(torch.autograd.Function):
         return grad_x * grad_out, grad_w * grad_out, None, None, None
 
 
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """x (N, d), weight (V, d), targets (N,) -> mean loss; the autocast dtype (if on) for the matmuls."""
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                         per_token: bool = False) -> torch.Tensor:
+    """x (N, d), weight (V, d), targets (N,) -> mean loss (or, without gradients, each row's loss with 0 where the
+    target is -100: `per_token`); the autocast dtype (if on) for the matmuls."""
     dev = x.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
     with torch.autocast(dev, enabled=False):
+        if per_token:
+            return torch.cat([_token_losses(x[s : s + chunk].to(dtype), weight.to(dtype), targets[s : s + chunk])
+                              for s in range(0, x.shape[0], chunk)])
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
             return LinearCrossEntropy.apply(x, weight, targets, chunk, dtype)
         w = weight.to(dtype)
         total = sum(_chunk_loss(x[s : s + chunk].to(dtype), w, targets[s : s + chunk])[0]
                     for s in range(0, x.shape[0], chunk))
         return total / (targets != -100).sum()
+
+
+@torch.no_grad()
+def _token_losses(x, w, targets):
+    logp = torch.log_softmax(x @ w.T, dim=-1, dtype=torch.float32)
+    return -logp.gather(1, targets.clamp(min=0)[:, None]).squeeze(1) * (targets != -100)
 
 
 class Transformer(nn.Module):
@@ -253,8 +264,10 @@ class Transformer(nn.Module):
         targets: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        per_token: bool = False,
     ) -> torch.Tensor:
-        """Logits (B, T, V) when targets is None, else the mean cross-entropy over targets != -100. Training an MoE
+        """Logits (B, T, V) when targets is None, else the mean cross-entropy over targets != -100 (or, with
+        `per_token` and no gradient, each position's loss (B, T), 0 where the target is -100). Training an MoE
         model, the returned loss also carries the load-balancing loss's gradient, but not its value."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -272,7 +285,10 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if targets is None:
             return self.lm_head(x)
-        loss = linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), self.loss_chunk)
+        loss = linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), self.loss_chunk,
+                                    per_token)
+        if per_token:
+            return loss.view(B, T)
         if aux and self.training and self.cfg.router_aux_coef:
             balance = torch.stack(aux).mean()
             # Adds zero: the logged loss stays the cross-entropy, the gradient gets coef * d(balance).

@@ -159,7 +159,7 @@ class SFTData:
     def val_batches(self) -> Iterator:
         windows = self.val_windows[: self.eval_batches * self.micro_batch]
         for start in range(0, len(windows), self.micro_batch):
-            yield self._batch([[self.val[i] for i in w] for w in windows[start : start + self.micro_batch]])
+            yield *self._batch([[self.val[i] for i in w] for w in windows[start : start + self.micro_batch]]), None
 
     # --- the TrainData protocol's records ---
 
@@ -175,8 +175,11 @@ class SFTData:
     def describe(self) -> dict:
         return {"sft": self.stats, "chat_template": CHAT_TEMPLATE}
 
-    def val_bytes_per_token(self):
-        return None  # bits per byte would need the bytes of only the assistant tokens
+    def val_sources(self) -> list[str]:
+        return []
+
+    def val_counts(self) -> dict:
+        return {}  # bits per byte would need the bytes of only the assistant tokens
 
 
 def checkpoint_chat_template(folder: Path) -> str | None:

@@ -20,10 +20,11 @@ from rain.config import RunConfig
 from rain.errors import RainError
 from rain.model import transformer
 from rain.model.transformer import Transformer
+from rain.runtime import autocast_for, enable_tf32, pick_device
 from rain.train.commands import PRECISIONS
 from rain.train.metrics import flops_per_token, peak_flops
 from rain.train.optim import build_optimizer
-from rain.train.trainer import Prefetcher, autocast_for, pick_device
+from rain.train.trainer import Prefetcher
 
 ATTENTION_KERNELS = {"flash": ("flash",), "cudnn": ("cudnn",), "mem-efficient": ("fmha", "efficient", "cutlass")}
 GB = 1e9
@@ -354,9 +355,7 @@ def bench(cfg: RunConfig, *, micro_batch: int | str, precision: str, compile_mod
     if precision not in PRECISIONS:
         raise RainError(f"--precision {precision!r} must be one of {', '.join(PRECISIONS)}")
     device = pick_device(cfg.train.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    enable_tf32(device)
     probe = None
     if micro_batch == "auto":
         probe_cfg = copy.deepcopy(cfg)

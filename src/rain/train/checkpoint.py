@@ -160,3 +160,58 @@ def find_checkpoint(path: Path) -> Path:
     if not resolve(path).exists():
         raise RainError(f"{path}: no such checkpoint or run folder")
     return resolve(path)
+
+
+# What the weights' meaning depends on (context and init_std may differ from the parent's).
+SHAPE_FIELDS = ("vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "dim_head", "d_ff", "rope_theta",
+                "qk_norm", "tie_embeddings", "norm_eps")
+
+
+def parent_weights(folder: Path, model_cfg, tokenizer_path: Path | None) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(the folder read, its weights) for continued pretraining or fine-tuning from `folder`: a rain checkpoint
+    or run folder, or a Hugging Face Qwen3/Llama folder. Its shape must be model_cfg's and its tokenizer.json
+    the one at tokenizer_path; a one-line error says what differs and how to match it."""
+    from rain.export.hf import load_hf_checkpoint
+
+    try:
+        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise RainError(f"{folder}/config.json: not valid JSON ({exc})") from None
+    if isinstance(config, dict) and {"model_type", "architectures"} & set(config):  # a Hugging Face folder
+        parent_model, state = load_hf_checkpoint(folder)
+    else:
+        folder = check_complete(find_checkpoint(folder), WEIGHT_FILES)
+        parent_model, state = load_config(folder).model, load_file(str(folder / "model.safetensors"))
+    diff = [(k, getattr(parent_model, k), getattr(model_cfg, k)) for k in SHAPE_FIELDS
+            if getattr(parent_model, k) != getattr(model_cfg, k)]
+    if diff:
+        sets = " ".join(f"--set model.{'head_dim' if k == 'dim_head' else k}={str(a).lower() if isinstance(a, bool) else a}"
+                        for k, a, _ in diff)
+        raise RainError(f"{folder}: its model shape differs from this run's [model] "
+                        f"({', '.join(f'{k} {a} vs {b}' for k, a, b in diff)}); use the same shape: {sets}")
+    if tokenizer_path is not None:
+        check_same_tokenizer(folder / "tokenizer.json", Path(tokenizer_path))
+    return folder, state
+
+
+def same_tokenizer(a: Path, b: Path) -> bool:
+    """Two tokenizer.json files that encode alike: the same bytes, or the same JSON written differently."""
+    x, y = Path(a).read_bytes(), Path(b).read_bytes()
+    if x == y:
+        return True
+    try:
+        if json.loads(x) == json.loads(y):
+            return True
+        from tokenizers import Tokenizer as HFTokenizer  # written by another library: compare as loaded
+
+        return HFTokenizer.from_str(x.decode()).to_str() == HFTokenizer.from_str(y.decode()).to_str()
+    except Exception:  # noqa: BLE001 - unreadable as a tokenizer: not the same one
+        return False
+
+
+def check_same_tokenizer(parent_tok: Path, tokenizer_path: Path) -> None:
+    if not parent_tok.is_file():
+        raise RainError(f"{parent_tok.parent}: no tokenizer.json, so its tokenizer cannot be checked against {tokenizer_path}")
+    if not same_tokenizer(parent_tok, tokenizer_path):
+        raise RainError(f"{tokenizer_path} differs from {parent_tok}: the new data must be tokenised with the parent's "
+                        f"tokenizer (rain prepare --set data.tokenizer={parent_tok})")

@@ -39,7 +39,7 @@ def format_report(preset: str, r: dict) -> str:
 def cmd_bench(args) -> None:
     from rain.config import load_config
     from rain.train.bench import bench
-    from rain.train.trainer import pick_device
+    from rain.runtime import pick_device
 
     overrides = list(args.set)
     if args.device:

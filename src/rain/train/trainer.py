@@ -1,16 +1,26 @@
-"""The training loop: wires data, model, optimizer, schedule, checkpoints and run records together.
+"""The Trainer: one object that owns a training run's state and its cadence.
+
+    trainer = Trainer(cfg, "runs/mine")   # runtime, data, model, compile, DDP, optimizer; resumes if asked
+    trainer.step()                        # one optimizer step (micro-batch accumulation, clip, update)
+    trainer.evaluate()                    # validation loss overall and per source
+    trainer.state_dict()                  # everything a resume needs besides the tensors
+    trainer.fit()                         # log, evaluate, save and stop on schedule
+
 One process, or several under `torchrun` (DDP: each rank reads its own windows, rank 0 writes)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
-import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,51 +30,19 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rain.config import RunConfig
 from rain.errors import RainError
-from rain.eval.loss import loss_report, validation_loss
+from rain.files import write_json_atomic
 from rain.model.moe import router_stats
 from rain.model.transformer import Transformer
 from rain.progress import progress
+from rain.runtime import Ranks, autocast_for, enable_tf32, pick_device
 from rain.train import checkpoint as ckpt
 from rain.train.data import PretrainData, TrainData
 from rain.train.metrics import (MetricsLog, active_params, flops_per_token, peak_flops, plot_losses, read_metrics,
                                 truncate_after)
-from rain.train.optim import build_optimizer, set_lr
+from rain.train.optim import build_optimizer, set_lr, warmup_steps
+from rain.train.validation import format_validation, source_losses, validation_report
 
 RUN_FILES = ("config.json", "metrics.jsonl", "run_summary.json", "loss.png")
-
-
-@dataclass
-class Ranks:
-    rank: int = 0
-    world: int = 1
-    local: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, device_type: str) -> "Ranks":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls()
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RainError(f"train.device = {name!r} but no CUDA GPU is visible; use train.device=cpu")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, dtype: str):
-    if dtype == "bf16" or (dtype == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class Prefetcher:
@@ -95,6 +73,13 @@ class Prefetcher:
         return self._pending[0] if self._pending is not None else self.data.state_dict()
 
 
+@dataclass
+class StepStats:
+    step: int  # optimizer steps done, this one included
+    lr: float
+    grad_norm: torch.Tensor  # left on the device: reading it would wait for the GPU every step
+
+
 def checkpoint_steps(total: int, n: int) -> set[int]:
     """n evenly spaced steps in (0, total]."""
     return {max(1, round(total * k / n)) for k in range(1, n + 1)} if n else set()
@@ -120,243 +105,375 @@ def build_model(cfg: RunConfig, device: torch.device, init_from: str | Path | No
                 tokenizer_path: Path | None = None) -> Transformer:
     """A fresh model, or one holding the weights of init_from: a rain checkpoint/run folder or a Hugging Face
     Qwen3/Llama folder, whose shape must match cfg.model and whose tokenizer.json must match tokenizer_path."""
-    from tokenizers import Tokenizer as HFTokenizer
-
-    from rain.export.hf import load_hf_checkpoint
-
-    # What the weights' meaning depends on (context and init_std may differ from the parent's).
-    shape_fields = ("vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "dim_head", "d_ff", "rope_theta",
-                    "qk_norm", "tie_embeddings", "norm_eps")
     model = Transformer(cfg.model)
-    if init_from is None:
-        return model.to(device)
-    folder = Path(init_from)
-    try:
-        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise RainError(f"{folder}/config.json: not valid JSON ({exc})") from None
-    if isinstance(config, dict) and {"model_type", "architectures"} & set(config):  # a Hugging Face folder
-        parent_model, state = load_hf_checkpoint(folder)
-    else:
-        folder = ckpt.check_complete(ckpt.find_checkpoint(folder), ckpt.WEIGHT_FILES)
-        parent_model, state = ckpt.load_config(folder).model, ckpt.load_file(str(folder / "model.safetensors"))
-    diff = [(k, getattr(parent_model, k), getattr(cfg.model, k)) for k in shape_fields
-            if getattr(parent_model, k) != getattr(cfg.model, k)]
-    if diff:
-        sets = " ".join(f"--set model.{'head_dim' if k == 'dim_head' else k}={str(a).lower() if isinstance(a, bool) else a}"
-                        for k, a, _ in diff)
-        raise RainError(f"{folder}: its model shape differs from this run's [model] "
-                        f"({', '.join(f'{k} {a} vs {b}' for k, a, b in diff)}); use the same shape: {sets}")
-    if tokenizer_path is not None:
-        parent_tok = folder / "tokenizer.json"
-        if not parent_tok.is_file():
-            raise RainError(f"{folder}: no tokenizer.json, so its tokenizer cannot be checked against {tokenizer_path}")
-        same = parent_tok.read_bytes() == Path(tokenizer_path).read_bytes() or \
-            HFTokenizer.from_file(str(parent_tok)).to_str() == HFTokenizer.from_file(str(tokenizer_path)).to_str()
-        if not same:
-            raise RainError(f"{tokenizer_path} differs from {parent_tok}: the new data must be tokenised with the parent's "
-                            f"tokenizer (rain prepare --set data.tokenizer={parent_tok})")
-    ckpt.load_model_state(model, state, str(folder))
+    if init_from is not None:
+        folder, state = ckpt.parent_weights(Path(init_from), cfg.model, tokenizer_path)
+        ckpt.load_model_state(model, state, str(folder))
     return model.to(device)
+
+
+def schedule_warnings(cfg: RunConfig, total: int) -> list[str]:
+    """Settings that make the schedule not do what the config says, each one line."""
+    t = cfg.train
+    warmups = {"warmup": warmup_steps(t, total)}
+    if t.optimizer == "muon":
+        warmups["muon_warmup"] = warmup_steps(dataclasses.replace(t, warmup=t.muon_warmup), total)
+    out = []
+    for name, warm in warmups.items():
+        if total > 1 and warm >= total:
+            out.append(f"warning: train.{name} is {warm} steps but the run has {total}: the learning rate never "
+                       f"reaches its peak; set a shorter warm-up, e.g. --set train.{name}={max(1, total // 10)}")
+    return out
+
+
+class Trainer:
+    """Owns a run: builds everything in __init__ (resuming from checkpoints/last when asked) and keeps the state
+    that a checkpoint must carry on the object, where state_dict() reads it."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 init_from: str | Path | None = None, data: TrainData | None = None, log=print):
+        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+        t = cfg.train
+        self.device = pick_device(t.device)
+        self.ranks = Ranks.from_env(self.device.type)
+        if self.ranks.world > 1:
+            self.device = pick_device(t.device, self.ranks.local)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+        self.data = data or PretrainData(cfg, self.ranks.rank, self.ranks.world, self._micro_batch())
+        self.micro_batch = self.data.micro_batch  # fitted or configured; cfg.train keeps what the user asked
+        if t.batch_size % (self.micro_batch * self.ranks.world):
+            raise RainError(f"train.batch_size ({t.batch_size}) must be a multiple of micro_batch x processes "
+                            f"({self.micro_batch} x {self.ranks.world})")
+        self.grad_accum = t.batch_size // (self.micro_batch * self.ranks.world)
+        self.total = cfg.total_steps()
+        self.tokens_per_step = t.batch_size * cfg.model.context
+        if self.ranks.main:
+            prepare_run_dir(self.run_dir, resume, overwrite)
+            for warning in schedule_warnings(cfg, self.total):
+                log(warning)
+        if self.ranks.world > 1:
+            dist.barrier()
+        self._build_model(None if resume else init_from)  # a resumed run's weights come from its own checkpoint
+        self.lineage = self._lineage(init_from)
+        # The loop state a checkpoint carries (see state_dict).
+        self.step_count, self.best_val, self.wall_before, self.window_steps = 0, math.inf, 0.0, 0
+        self.loss_sum = torch.zeros((), device=self.device)  # the running loss of the current log window
+        self.batches = Prefetcher(self.data, self.device)
+        self._started = time.time()
+        if resume:
+            self._resume()
+
+    def _micro_batch(self) -> int:
+        if not self.cfg.train.auto_micro_batch:
+            return self.cfg.train.micro_batch
+        from rain.train.bench import fit_micro_batch
+
+        return fit_micro_batch(self.cfg, self.device, self.ranks.world, self.log)
+
+    def _build_model(self, init_from) -> None:
+        t = self.cfg.train
+        torch.manual_seed(t.seed)
+        enable_tf32(self.device)
+        self.autocast = autocast_for(self.device, t.dtype)
+        self.model = build_model(self.cfg, self.device, init_from, self.data.tokenizer_path)
+        self.model.checkpoint_layers = t.checkpoint_layers
+        self.n_params = self.model.num_params()
+        self.flops_per_token = flops_per_token(self.cfg.model, self.n_params)
+        self.peak_flops = peak_flops(self.device)
+        self.step_model = torch.compile(self.model) if t.compile else self.model
+        if self.ranks.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = DistributedDataParallel(self.step_model, device_ids=ids)
+        self.optimizer = build_optimizer(self.model, t, self.device.type)
+
+    def _lineage(self, init_from) -> dict:
+        hardware = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+        lineage = {"init_from": str(Path(init_from).resolve())} if init_from else {}
+        lineage["hardware"] = f"{self.ranks.world} x {hardware}" if self.ranks.world > 1 else hardware
+        return lineage
+
+    # ---- one step, one evaluation ------------------------------------------------------------------
+
+    def step(self) -> StepStats:
+        """One optimizer step: grad_accum micro-batches (gradients synchronised across ranks on the last), clip,
+        update. The loss is added to the log window on the device, so nothing here waits for the GPU."""
+        t = self.cfg.train
+        lr = set_lr(self.optimizer, self.step_count, self.total, t)
+        for micro in range(self.grad_accum):
+            x, y, doc = self.batches.next_batch()
+            sync = self.ranks.world == 1 or micro == self.grad_accum - 1
+            with nullcontext() if sync else self.step_model.no_sync():
+                with self.autocast:
+                    loss = self.step_model(x, y, doc_ids=doc) / self.grad_accum
+                loss.backward()
+            self.loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        self.window_steps += 1
+        return StepStats(self.step_count, lr, grad_norm)
+
+    def evaluate(self) -> dict:
+        """Validation loss, perplexity and bits per byte on the data's fixed validation windows, per source too."""
+        sums = source_losses(self.model, self.data.val_batches(), self.device, self.autocast)
+        return validation_report(sums, self.data.val_sources(), self.data.val_counts())
+
+    # ---- state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The JSON part of a checkpoint (weights, optimizer and RNG are tensors, saved beside it)."""
+        return {"step": self.step_count, "tokens": self.step_count * self.tokens_per_step,
+                "loader": self.batches.state_dict(), "best_val": self.best_val,
+                "loss_window": [float(self.loss_sum), self.window_steps], "wall_seconds": self.wall_seconds(),
+                "micro_batch": self.micro_batch, **self.data.describe(), **self.lineage}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count, self.best_val = state["step"], state["best_val"]
+        self.wall_before, self._started = state.get("wall_seconds", 0.0), time.time()
+        self.loss_sum.fill_(state["loss_window"][0])
+        self.window_steps = state["loss_window"][1]
+        self.lineage.update({k: state[k] for k in ("init_from",) if k in state})
+        self.data.load_state_dict(state["loader"])
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.time() - self._started
+
+    def _resume(self) -> None:
+        last = self.run_dir / "checkpoints" / "last"
+        if ckpt.load_config(last).model != self.cfg.model:
+            raise RainError(f"{self.run_dir}: the checkpoint's model shape differs from the config; "
+                            "resume with the run's own config")
+        state, rng = ckpt.load_training_state(last, self.model, self.optimizer)
+        self.load_state_dict(state)
+        torch.set_rng_state(rng["cpu"])
+        if self.ranks.main:
+            truncate_after(self.run_dir, self.step_count)
+        self.log(f"resumed {self.run_dir} at step {self.step_count}/{self.total}")
+
+    def save(self, name: str, val: dict | None = None) -> None:
+        if self.ranks.main:
+            ckpt.save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.optimizer,
+                                 {**self.state_dict(), **(val or {})}, self.cfg, self.data.tokenizer_path,
+                                 extra_tensors={"cpu": torch.get_rng_state()})
+
+    # ---- the run ---------------------------------------------------------------------------------
+
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Step until the end of the schedule (or stop_after, or Ctrl-C / SIGTERM, which stop at a step boundary
+        and save `last` so the run resumes exactly), logging, evaluating and saving on the config's cadence."""
+        t, main = self.cfg.train, self.ranks.main
+        keep = checkpoint_steps(self.total, t.checkpoints)
+        metrics = MetricsLog(self.run_dir, self.cfg, self.run_dir.name) if main else None
+        if main:
+            write_json_atomic(self.run_dir / "config.json", self.cfg.to_dict())
+        bar = progress(total=self.total, initial=self.step_count, desc="train", unit="step", disable=None if main else True)
+        self.lines = LineLog(self.log, bar)
+        if self.step_count == 0:
+            self._validate(metrics)
+        self.model.train()
+        self.meter = ThroughputMeter(self)
+        last_val = None
+        with closing_all(bar, metrics), quiet_gc(), stop_signals() as stop:
+            while self.step_count < self.total:
+                stats = self.step()
+                step = stats.step
+                bar.update(1)
+                if step % t.log_every == 0 or step == self.total:
+                    self._log_train(stats, metrics, bar)
+                evaluated = step % t.eval_every == 0 or step == self.total
+                if evaluated:
+                    last_val = self._validate(metrics)
+                    if last_val["val_loss"] < self.best_val:
+                        self.best_val = last_val["val_loss"]
+                        self.save("best", last_val)
+                if (evaluated and not t.save_every) or (t.save_every and step % t.save_every == 0) or step == self.total:
+                    self.save("last", last_val if evaluated else None)
+                if step in keep:
+                    self.save(f"step_{step:07d}", last_val if evaluated else None)
+                if step < self.total and (stop.requested or (stop_after is not None and step >= stop_after)):
+                    self.save("last")
+                    self.log(f"{'stopped by ' + stop.requested if stop.requested else 'stopped'} after step {step}; "
+                             f"saved checkpoints/last, continue with --resume")
+                    break
+        if stop.requested:
+            raise KeyboardInterrupt
+        return self._finish() if main else {}
+
+    def _validate(self, metrics) -> dict:
+        report = self.evaluate()
+        record = {"kind": "val", "step": self.step_count, "tokens": self.step_count * self.tokens_per_step, **report}
+        if metrics is not None:
+            metrics.log(record)
+            self.lines.log(format_validation(self.step_count, report))
+        return report
+
+    def _log_train(self, stats: StepStats, metrics, bar) -> None:
+        window_loss = self.loss_sum.clone()
+        if self.ranks.world > 1:
+            dist.all_reduce(window_loss, op=dist.ReduceOp.AVG)
+        tok_s = self.meter.tokens_per_second()
+        entry = {"kind": "train", "step": stats.step, "tokens": stats.step * self.tokens_per_step,
+                 "loss": round(float(window_loss) / self.window_steps, 5), "lr": stats.lr,
+                 "grad_norm": round(float(stats.grad_norm), 4), "tokens_per_s": round(tok_s, 1),
+                 "flops_per_s": round(tok_s * self.flops_per_token, 1)}
+        if self.peak_flops:
+            entry["mfu"] = round(tok_s * self.flops_per_token / self.peak_flops, 4)
+        entry.update(router_stats(self.model))
+        if metrics is not None:
+            metrics.log(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+            self.lines.train(entry, self.meter.eta(stats.step))
+        self.loss_sum.zero_()
+        self.window_steps = 0
+        gc.collect()
+
+    def _finish(self) -> dict:
+        summary = summarize(self, read_metrics(self.run_dir))
+        write_json_atomic(self.run_dir / "run_summary.json", summary)
+        plot_losses(self.run_dir)
+        self.log(format_summary(summary))
+        return summary
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           init_from: str | Path | None = None, stop_after: int | None = None, data: TrainData | None = None,
           log=print) -> dict:
-    """Train per cfg into run_dir. stop_after: save and return after that step (a pre-emptible slot);
-    `resume=True` continues from checkpoints/last exactly where the interrupted run was."""
-    run_dir = Path(run_dir)
-    t, m = cfg.train, cfg.model
-    device = pick_device(t.device)
-    ranks = Ranks.from_env(device.type)
-    if ranks.world > 1:
-        device = pick_device(t.device, ranks.local)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    if t.auto_micro_batch:
-        from rain.train.bench import fit_micro_batch
+    """Train per cfg into run_dir and return the run summary. stop_after: save and return after that step (a
+    pre-emptible slot); `resume=True` continues from checkpoints/last exactly where the interrupted run was."""
+    trainer = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, init_from=init_from, data=data, log=log)
+    return trainer.fit(stop_after)
 
-        t.micro_batch = fit_micro_batch(cfg, device, ranks.world, log)
-    if t.batch_size % (t.micro_batch * ranks.world):
-        raise RainError(f"train.batch_size ({t.batch_size}) must be a multiple of micro_batch x processes "
-                        f"({t.micro_batch} x {ranks.world})")
-    grad_accum = t.batch_size // (t.micro_batch * ranks.world)
-    data = data or PretrainData(cfg, ranks.rank, ranks.world)
-    if ranks.main:
-        prepare_run_dir(run_dir, resume, overwrite)
-    if ranks.world > 1:
-        dist.barrier()
 
-    torch.manual_seed(t.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = autocast_for(device, t.dtype)
-    # On resume the weights come from the run's own checkpoint; the parent may be gone by then.
-    model = build_model(cfg, device, None if resume else init_from, data.tokenizer_path)
-    model.checkpoint_layers = t.checkpoint_layers
-    n_params = model.num_params()
-    fpt = flops_per_token(m, n_params)
-    peak = peak_flops(device)
-    step_model = torch.compile(model) if t.compile else model
-    if ranks.world > 1:
-        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(model, t, device.type)
-    total = cfg.total_steps()
-    keep_steps = checkpoint_steps(total, t.checkpoints)
-    tokens_per_step = t.batch_size * m.context
-    lineage = {"init_from": str(Path(init_from).resolve())} if init_from else {}
-    lineage["hardware"] = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    if ranks.world > 1:
-        lineage["hardware"] = f"{ranks.world} x {lineage['hardware']}"
+# ---- around the loop ---------------------------------------------------------------------------------
 
-    step, best_val, wall_before, loss_window = 0, math.inf, 0.0, [0.0, 0]
-    if resume:
-        last = run_dir / "checkpoints" / "last"
-        if ckpt.load_config(last).model != m:
-            raise RainError(f"{run_dir}: the checkpoint's model shape differs from the config; resume with the run's own config")
-        state, rng = ckpt.load_training_state(last, model, optimizer)
-        step, best_val, wall_before = state["step"], state["best_val"], state.get("wall_seconds", 0.0)
-        loss_window = state["loss_window"]
-        lineage.update({k: state[k] for k in ("init_from",) if k in state})
-        data.load_state_dict(state["loader"])
-        torch.set_rng_state(rng["cpu"])
-        if ranks.main:
-            truncate_after(run_dir, step)
-        log(f"resumed {run_dir} at step {step}/{total}")
-    metrics = None
-    if ranks.main:
-        cfg.save(run_dir / "config.json")
-        metrics = MetricsLog(run_dir, cfg, run_dir.name)
-    val_counts = data.val_bytes_per_token() or (None, None)
 
-    def evaluate() -> dict:
-        return loss_report(validation_loss(model, data.val_batches(), device, autocast), *val_counts)
+class ThroughputMeter:
+    """Tokens per second over the current log window, and the time left at the whole run's pace so far."""
 
-    def record(entry: dict) -> None:
-        if metrics is not None:
-            metrics.log(entry)
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.first_step, self.first_time = trainer.step_count, time.time()
+        self.window_step, self.window_time = trainer.step_count, time.time()
 
-    # The running loss sum of the current log window (restored on resume so logged means match exactly).
-    loss_acc = torch.tensor(loss_window[0], device=device)
-    window_steps = loss_window[1]
+    def tokens_per_second(self) -> float:
+        if self.trainer.device.type == "cuda":
+            torch.cuda.synchronize(self.trainer.device)
+        now, step = time.time(), self.trainer.step_count
+        rate = (step - self.window_step) * self.trainer.tokens_per_step / max(now - self.window_time, 1e-9)
+        self.window_step, self.window_time = step, now
+        return rate
 
-    batches = Prefetcher(data, device)
+    def eta(self, step: int) -> float:
+        done = step - self.first_step
+        return (time.time() - self.first_time) / done * (self.trainer.total - step) if done else math.nan
 
-    def save(name: str, val: dict | None = None) -> None:
-        if not ranks.main:
+
+class LineLog:
+    """Plain log lines: validations always, and training lines when no progress bar is drawn (a log file,
+    nohup, CI), one per log interval as nanoGPT prints them."""
+
+    def __init__(self, log, bar):
+        self._log, self.bar = log, bar
+        self.print_train = bar.disable or not sys.stdout.isatty()
+        self.eta_said = False
+
+    def log(self, text: str) -> None:
+        if self._log is print and not self.bar.disable:
+            self.bar.write(text)  # above the bar, not through it
+        else:
+            self._log(text)
+
+    def train(self, entry: dict, eta: float) -> None:
+        if not self.print_train:  # the bar shows the pace; say once, early, how long the run will take
+            if not self.eta_said:
+                self.eta_said = True
+                self.log(f"step {entry['step']}: {entry['tokens_per_s']:,.0f} tokens/s, about {format_duration(eta)} "
+                         "left at this pace")
             return
-        state = {"step": step, "tokens": step * tokens_per_step, "loader": batches.state_dict(), "best_val": best_val,
-                 "loss_window": [float(loss_acc), window_steps], "wall_seconds": wall_before + time.time() - t_start,
-                 **data.describe(), **lineage, **(val or {})}
-        ckpt.save_checkpoint(run_dir / "checkpoints" / name, model, optimizer, state, cfg, data.tokenizer_path,
-                             extra_tensors={"cpu": torch.get_rng_state()})
+        mfu = f" | mfu {entry['mfu']:.1%}" if "mfu" in entry else ""
+        self._log(f"step {entry['step']} | loss {entry['loss']:.4f} | lr {entry['lr']:.2e} | grad norm "
+                  f"{entry['grad_norm']:.3f} | {entry['tokens_per_s']:,.0f} tok/s{mfu} | eta {format_duration(eta)}")
 
-    t_start = time.time()
-    if step == 0:
-        first = evaluate()
-        record({"kind": "val", "step": 0, "tokens": 0, **first})
-        log(f"step 0: validation loss {first['val_loss']:.4f}")
-    model.train()
-    bar = progress(total=total, initial=step, desc="train", unit="step", disable=None if ranks.main else True)
-    window_start, window_tokens = time.time(), 0
-    last_val = None
-    # Python's cyclic GC stays out of the steps: what exists now is frozen, the rest collected at log intervals.
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+@contextmanager
+def closing_all(*things):
+    """Close each (None skipped) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for thing in things:
+            if thing is not None:
+                thing.close()
+
+
+@contextmanager
+def quiet_gc():
+    """Python's cyclic GC stays out of the steps: what exists now is frozen, the rest collected at log intervals."""
     gc.collect()
     gc.freeze()
-    gc_was_enabled = gc.isenabled()
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        while step < total:
-            lr = set_lr(optimizer, step, total, t)
-            for micro in range(grad_accum):
-                x, y, doc = batches.next_batch()
-                sync = ranks.world == 1 or micro == grad_accum - 1
-                with nullcontext() if sync else step_model.no_sync():
-                    with autocast:
-                        loss = step_model(x, y, doc_ids=doc) / grad_accum
-                    loss.backward()
-                loss_acc += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_steps += 1
-            window_tokens += tokens_per_step
-            bar.update(1)
-            if step % t.log_every == 0 or step == total:
-                window_loss = loss_acc.clone()
-                if ranks.world > 1:
-                    dist.all_reduce(window_loss, op=dist.ReduceOp.AVG)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                tok_s = window_tokens / (time.time() - window_start)
-                entry = {"kind": "train", "step": step, "tokens": step * tokens_per_step,
-                         "loss": round(float(window_loss) / window_steps, 5), "lr": lr,
-                         "grad_norm": round(float(grad_norm), 4), "tokens_per_s": round(tok_s, 1),
-                         "flops_per_s": round(tok_s * fpt, 1)}
-                if peak:
-                    entry["mfu"] = round(tok_s * fpt / peak, 4)
-                entry.update(router_stats(model))
-                record(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
-                loss_acc.zero_()
-                window_steps = 0
-                gc.collect()
-                window_start, window_tokens = time.time(), 0
-            if step % t.eval_every == 0 or step == total:
-                last_val = evaluate()
-                record({"kind": "val", "step": step, "tokens": step * tokens_per_step, **last_val})
-                if last_val["val_loss"] < best_val:
-                    best_val = last_val["val_loss"]
-                    save("best", last_val)
-                if not t.save_every or step == total:
-                    save("last", last_val)
-            if t.save_every and step % t.save_every == 0:
-                save("last")
-            if step in keep_steps:
-                save(f"step_{step:07d}", last_val if step % t.eval_every == 0 or step == total else None)
-            if stop_after is not None and step >= stop_after and step < total:
-                save("last")
-                log(f"stopped after step {step}; continue with --resume")
-                break
-    except KeyboardInterrupt:
-        save("last")
-        log(f"\ninterrupted at step {step}; saved checkpoints/last, continue with --resume")
-        raise
+        yield
     finally:
         gc.unfreeze()
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-    if not ranks.main:
-        return {}
-    summary = summarize(run_dir, cfg, n_params, fpt, step, total, tokens_per_step, wall_before + time.time() - t_start,
-                        best_val, {**data.describe(), **lineage})
-    plot_losses(run_dir)
-    log(format_summary(summary))
-    return summary
 
 
-def summarize(run_dir: Path, cfg: RunConfig, n_params: int, fpt: float, step: int, total: int, tokens_per_step: int,
-              wall: float, best_val: float, extra: dict) -> dict:
-    records = read_metrics(run_dir)
+class _StopRequest:
+    requested: str | None = None
+
+
+@contextmanager
+def stop_signals():
+    """Ctrl-C and SIGTERM ask the loop to stop at the next step boundary (a second Ctrl-C stops at once).
+    A signal in the middle of a step would save a half-taken step, which no resume can reproduce."""
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def ask(signum, frame):
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.requested = signal.Signals(signum).name
+        print(f"\n{stop.requested}: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def summarize(trainer: Trainer, records: list[dict]) -> dict:
     vals = [r for r in records if r.get("kind") == "val"]
     trains = [r for r in records if r.get("kind") == "train"]
-    summary = {
-        "run_dir": str(run_dir), "config": cfg.to_dict(), "parameters": n_params,
-        "active_parameters": active_params(cfg.model, n_params), "flops_per_token": fpt, "steps": step, "total_steps": total, "tokens_seen": step * tokens_per_step, "wall_seconds": round(wall, 2),
+    cfg = trainer.cfg
+    return {
+        "run_dir": str(trainer.run_dir), "config": cfg.to_dict(), "parameters": trainer.n_params,
+        "active_parameters": active_params(cfg.model, trainer.n_params), "flops_per_token": trainer.flops_per_token,
+        "steps": trainer.step_count, "total_steps": trainer.total, "micro_batch": trainer.micro_batch,
+        "tokens_seen": trainer.step_count * trainer.tokens_per_step, "wall_seconds": round(trainer.wall_seconds(), 2),
         "first_val_loss": vals[0]["val_loss"] if vals and vals[0]["step"] == 0 else None,
         "final_val_loss": vals[-1]["val_loss"] if vals else None,
         "final_val_bpb": vals[-1].get("val_bpb") if vals else None,
-        "best_val_loss": best_val if math.isfinite(best_val) else None,
+        "best_val_loss": trainer.best_val if math.isfinite(trainer.best_val) else None,
         "tokens_per_s": round(sum(r["tokens_per_s"] for r in trains) / len(trains), 1) if trains else None,
-        **extra,
+        **trainer.data.describe(), **trainer.lineage,
     }
-    (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def format_summary(s: dict) -> str:
