@@ -1,10 +1,14 @@
 """The README.md model card of an export, from the checkpoint's own records only: its config and parameter count,
 the training stages back through `init_from` (data mixes with realised shares, tokens, compute), the run's
-benchmark results (eval/results.jsonl) and the model's limitations."""
+benchmark results (eval/results.jsonl) and the model's limitations.
+
+The card is published with the model, so it names folders and files only by their own names (run `base`, data
+`web-mix`, `chat.jsonl`), never by the absolute paths that state.json keeps for finding the parents locally."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from rain.config import RunConfig
@@ -22,7 +26,33 @@ def _read_json(path: Path) -> dict:
 
 
 def _run_dir(folder: Path) -> Path | None:
+    folder = Path(folder).resolve()  # a relative folder such as "." or "checkpoints/last" has no usable parents
     return folder.parent.parent if folder.parent.name == "checkpoints" else None
+
+
+def _folder_name(path: str | Path) -> str:
+    """A folder's own name: for a Hugging Face cache snapshot (.../models--ORG--NAME/snapshots/HASH), ORG/NAME."""
+    path = Path(path).expanduser().resolve()
+    cached = next((part for part in path.parts if part.startswith("models--")), None)
+    return cached.removeprefix("models--").replace("--", "/") if cached else path.name.removeprefix(".old-")
+
+
+def public_name(path: str | Path) -> str:
+    """How the card names a folder without revealing where it lies: run `base`, checkpoint `last` for a
+    checkpoint of a run; run `base` for a run folder; else the folder's own name (markdown)."""
+    path = Path(path).expanduser().resolve()
+    run = _run_dir(path)
+    if run is not None:
+        return f"run `{run.name}`, checkpoint `{_folder_name(path)}`"
+    if (path / "checkpoints").is_dir():
+        return f"run `{path.name}`"
+    return f"`{_folder_name(path)}`"
+
+
+def _basenames(text: str) -> str:
+    """Every path-like word of a text (holding a slash, e.g. a mixture's origin `--data /home/me/a.jsonl`)
+    reduced to its last component."""
+    return " ".join(Path(word).name if re.search(r"[/\\]", word) else word for word in text.split(" "))
 
 
 def lineage(folder: Path) -> list[dict]:
@@ -64,17 +94,19 @@ def _data_lines(state: dict) -> list[str]:
         s = state["sft"]
         conv, skipped = s["conversations"], sum(s.get("skipped", {}).values())
         masked = "loss on assistant tokens only" if s.get("mask_prompt", True) else "loss on every token (prompts unmasked)"
-        return [f"Chat data: {', '.join(f'`{p}`' for p in s['data'])}: {conv['train']:,} training and {conv['val']:,} "
+        files = ", ".join(f"`{Path(p).name}`" for p in s["data"])
+        return [f"Chat data: {files}: {conv['train']:,} training and {conv['val']:,} "
                 f"held-out conversations ({s['tokens']['train']:,} tokens, {s['trained_tokens_per_epoch']:,} trained "
                 f"per epoch; {masked}). Skipped as unusable: {skipped:,}; longer than the context: "
                 f"{s.get('dropped_too_long', 0):,} dropped, {s.get('truncated', 0):,} truncated.", ""]
     data_dir = state.get("data_dir")
     manifest = _read_json(Path(data_dir) / "manifest.json") if data_dir else {}
+    data_name = Path(data_dir).name if data_dir else "not recorded"
     if not manifest:
-        return [f"Data: `{data_dir or 'not recorded'}` (its manifest.json is not available here, so the mix is not shown).", ""]
+        return [f"Data: `{data_name}` (its manifest.json is not available here, so the mix is not shown).", ""]
     mix = manifest.get("mixture", {})
     train = manifest.get("sources", {}).get("train", {})
-    lines = [f"Data: `{data_dir}`" + (f", mixture `{mix['origin']}`" if mix.get("origin") else "") +
+    lines = [f"Data: `{data_name}`" + (f", mixture `{_basenames(mix['origin'])}`" if mix.get("origin") else "") +
              f": {mix.get('train_tokens', sum(s.get('tokens', 0) for s in train.values())):,} training tokens.", "",
              "| source | weight | realised share | documents | tokens |", "|---|---:|---:|---:|---:|"]
     weights, realised = mix.get("weights", {}), mix.get("realised", {})
@@ -87,15 +119,16 @@ def _data_lines(state: dict) -> list[str]:
 def _stage_section(i: int, stage: dict) -> list[str]:
     if "hf" in stage:
         arch = ", ".join(stage["config"].get("architectures") or [stage["config"].get("model_type", "?")])
-        return [f"### Stage {i}: initialised from the Hugging Face model `{stage['hf']}` ({arch})", "",
+        return [f"### Stage {i}: initialised from the Hugging Face model `{_folder_name(stage['hf'])}` ({arch})", "",
                 "Its own training is described by its publisher, not here.", ""]
     if "missing" in stage:
-        return [f"### Stage {i}: started from `{stage['missing']}`", "", "That checkpoint is no longer available, so "
-                "its training is not described here.", ""]
+        return [f"### Stage {i}: started from {public_name(stage['missing'])}", "",
+                "That checkpoint is no longer available, so its training is not described here.", ""]
     state, train = stage["state"], stage["config"].get("train", {})
-    lines = [f"### Stage {i}: {_stage_kind(stage)} (`{stage['folder']}`)", ""]
+    lines = [f"### Stage {i}: {_stage_kind(stage)} ({public_name(stage['folder'])})", ""]
     if state.get("init_from"):
-        lines += [f"Started from `{state['init_from']}` with a fresh optimizer and learning-rate schedule.", ""]
+        lines += [f"Started from {public_name(state['init_from'])} with a fresh optimizer and learning-rate "
+                  "schedule.", ""]
     lines += _data_lines(state)
     seconds = state.get("wall_seconds", 0)
     lines.append(f"Training: {state.get('step', 0):,} steps, {state.get('tokens', 0):,} tokens seen (windows of "
@@ -118,6 +151,7 @@ def _results_path(folder: Path) -> Path:
 def _eval_section(folder: Path, state: dict) -> list[str]:
     """This checkpoint's rows (same step and tokens seen), plus reference rows of no step (e.g. a random model)."""
     path = _results_path(folder)
+    shown = f"the {'run' if _run_dir(folder) is not None else 'checkpoint'}'s `eval/results.jsonl`"  # not its path
     rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -131,10 +165,10 @@ def _eval_section(folder: Path, state: dict) -> list[str]:
         if mine or r.get("step") is None:
             latest[(r.get("checkpoint"), r.get("task"), r.get("source"), r.get("n_shot"), r.get("metric"))] = r
     if not any(r.get("step") is not None for r in latest.values()):
-        others = f" ({len(rows)} results of other checkpoints are in `{path}`)" if rows else ""
+        others = f" ({len(rows)} results of other checkpoints are in {shown})" if rows else ""
         return ["## Evaluation", "", f"Not evaluated: no benchmark results for this checkpoint{others}; "
                 "`rain eval` writes them to `eval/results.jsonl` in the run folder.", ""]
-    lines = ["## Evaluation", "", f"From `{path}`, as recorded by `rain eval`.", "",
+    lines = ["## Evaluation", "", f"From {shown}, as recorded by `rain eval`.", "",
              "| task | shots | metric | value | stderr | items | checkpoint | tokens |", "|---|---:|---|---:|---:|---:|---|---:|"]
 
     def num(r: dict, key: str, fmt: str = "{:.4f}") -> str:
@@ -157,8 +191,8 @@ def model_card(folder: Path, cfg: RunConfig, n_params: int, n_params_non_embeddi
     chat = chat_template is not None
     hf = [s["hf"] for s in stages if "hf" in s]
     missing = [s["missing"] for s in stages if "missing" in s]
-    origin = (f"the Hugging Face model `{hf[0]}`" if hf else f"`{missing[0]}` (no longer available)" if missing
-              else "random weights")
+    origin = (f"the Hugging Face model `{_folder_name(hf[0])}`" if hf
+              else f"{public_name(missing[0])} (no longer available)" if missing else "random weights")
     kind = "a chat model: a base model fine-tuned on conversations" if chat else "a base model (text completion only)"
     runs = [s for s in stages if "state" in s]
     tokens = sum(s["state"].get("tokens", 0) for s in runs)

@@ -42,6 +42,10 @@ def cmd_export(args) -> None:
 def export_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise RainError(f"{folder}: no such folder; create it with `rain export CHECKPOINT {folder} --format hf`")
+    if (folder / "state.json").is_file():  # a rain checkpoint has every export file name too
+        raise RainError(f"{folder} is a rain checkpoint, not an export: its training state (state.json, with this "
+                        f"machine's paths, and the optimizer) is not for publishing; run `rain export {folder} OUT` "
+                        "and publish OUT")
     missing = [f for f in EXPORT_FILES if not (folder / f).is_file()]
     if missing:
         raise RainError(f"{folder} is not an export (missing {', '.join(missing)}); "
