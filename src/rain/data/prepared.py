@@ -83,13 +83,13 @@ class PreparedData:
     def __init__(self, folder: str | Path):
         self.dir = Path(folder)
         self.manifest = load_manifest(self.dir)
-        for key in ("splits", "dtype", "tokenizer"):
+        for key in ("splits", "dtype"):
             if key not in self.manifest:
                 raise RainError(f"{self.dir}/manifest.json: no {key!r} field; re-run `rain prepare`")
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.dir / self.manifest["tokenizer"]
+        return self.dir / self.manifest.get("tokenizer", "tokenizer.json")
 
     @property
     def source_names(self) -> list[str]:
@@ -99,11 +99,12 @@ class PreparedData:
     def shards(self, split: str) -> list[np.ndarray]:
         return open_split(self.dir, split, self.manifest)
 
-    def stream(self, split: str) -> TokenStream:
-        """The split as one stream; with the document index, every token's source is known."""
+    def stream(self, split: str, sources: bool = False) -> TokenStream:
+        """The split as one stream; with `sources` (and a document index) every token's source is known, at
+        24 bytes of memory per document."""
         shards = self.shards(split)
         records = self.manifest["splits"][split]
-        if not records or any("index" not in r for r in records):
+        if not sources or not records or any("index" not in r for r in records):
             return TokenStream(shards)
         offsets = np.cumsum([0] + [r["tokens"] for r in records])
         rows = [load_doc_index(self.dir, r) for r in records]

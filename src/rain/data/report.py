@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rain.data.shards import load_doc_index, load_manifest, write_atomic, write_json_atomic
+from rain.data.prepared import PreparedData
+from rain.data.shards import load_doc_index
+from rain.files import write_atomic, write_json_atomic
 from rain.data.tokenizer import Tokenizer
 
 LENGTH_BINS = np.unique(np.round(np.logspace(0, 7, 57)).astype(np.int64))  # 1 .. 10M tokens, log-spaced
@@ -38,16 +40,6 @@ def _scan_documents(data_dir: Path, manifest: dict, names: list[str], samples: i
             candidates = [(float(k), si, int(o), int(n)) for k, (o, n, _) in zip(keys[mine], rows[mine])]
             keep[name] = sorted(keep[name] + candidates)[:samples]  # the smallest random keys: a uniform sample
     return hist, total, keep
-
-
-def _read_document(shards: list[np.ndarray], shard: int, offset: int, length: int) -> np.ndarray:
-    parts = []
-    while length > 0 and shard < len(shards):
-        part = shards[shard][offset : offset + length]
-        parts.append(np.asarray(part))
-        length -= len(part)
-        shard, offset = shard + 1, 0
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def length_axis(hist: dict[str, np.ndarray], bins: np.ndarray = LENGTH_BINS) -> tuple[float, float]:
@@ -100,20 +92,19 @@ def report(data_dir: str | Path, out_dir: str | Path | None = None, samples: int
     data_dir = Path(data_dir)
     out = Path(out_dir) if out_dir is not None else data_dir
     out.mkdir(parents=True, exist_ok=True)
-    manifest = load_manifest(data_dir)
-    names = manifest.get("source_names") or list(manifest["sources"]["train"])
-    tokenizer = Tokenizer.from_file(data_dir / manifest["tokenizer"])
+    data = PreparedData(data_dir)
+    manifest, names = data.manifest, data.source_names
+    tokenizer = Tokenizer.from_file(data.tokenizer_path)
     hist, totals, keep = _scan_documents(data_dir, manifest, names, samples, seed)
-    from rain.data.shards import open_split
-
-    shards = open_split(data_dir, "train", manifest)
+    stream = data.stream("train")
     mix = manifest.get("mixture", {})
     weights, realised = mix.get("weights", {}), mix.get("realised", {})
     sources = {}
     for name in names:
         train, val = manifest["sources"]["train"].get(name, {}), manifest["sources"]["val"].get(name, {})
         docs, tokens, longest = totals[name]
-        drawn = [tokenizer.decode(_read_document(shards, s, o, n).tolist()) for _, s, o, n in keep[name]]
+        drawn = [tokenizer.decode(stream.read(stream.starts[s] + o, stream.starts[s] + o + n).tolist())
+                 for _, s, o, n in keep[name]]
         sources[name] = {
             "weight": weights.get(name), "realised": realised.get(name), "train": train, "val": val,
             "bytes_per_token": manifest.get("bytes_per_token", {}).get(name),
@@ -123,8 +114,7 @@ def report(data_dir: str | Path, out_dir: str | Path | None = None, samples: int
             "samples": drawn,
         }
     result = {"data_dir": str(data_dir), "mixture": mix.get("origin"), "ended": mix.get("ended", {}),
-              "train_tokens": sum(r["tokens"] for r in manifest["splits"]["train"]),
-              "val_tokens": sum(r["tokens"] for r in manifest["splits"]["val"]), "sources": sources}
+              "train_tokens": data.split_tokens("train"), "val_tokens": data.split_tokens("val"), "sources": sources}
     _plot(hist, out / "doc_lengths.png")
     write_json_atomic(out / "report.json", result)
     write_atomic(out / "report.md", _markdown(result).encode())

@@ -35,7 +35,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from rain.data.shards import load_manifest, open_split, write_json_atomic
+from rain.data.prepared import PreparedData, TokenStream
+from rain.files import write_json_atomic
 from rain.errors import RainError
 
 INDEX_FILE, META_FILE = "windows.npy", "index.json"
@@ -68,35 +69,6 @@ def window_hashes(tokens: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
     return _mix(h)
 
 
-class TokenStream:
-    """The shards of a split as one sequence of tokens, read by global position."""
-
-    def __init__(self, shards: list[np.ndarray]):
-        self.shards = shards
-        self.starts = np.cumsum([0] + [len(s) for s in shards])
-        self.total = int(self.starts[-1])
-
-    def read(self, a: int, b: int) -> np.ndarray:
-        a, b = max(a, 0), min(b, self.total)
-        parts = []
-        for i in range(max(int(np.searchsorted(self.starts, a, "right")) - 1, 0), len(self.shards)):
-            s0 = int(self.starts[i])
-            if s0 >= b:
-                break
-            parts.append(self.shards[i][max(a - s0, 0): b - s0])
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-    def gather(self, positions: np.ndarray) -> np.ndarray:
-        """Tokens at an array of global positions; -1 outside the stream."""
-        out = np.full(positions.shape, -1, dtype=np.int64)
-        inside = (positions >= 0) & (positions < self.total)
-        shard = np.searchsorted(self.starts, positions, "right") - 1
-        for i in np.unique(shard[inside]):
-            sel = inside & (shard == i)
-            out[sel] = self.shards[i][positions[sel] - self.starts[i]]
-        return out
-
-
 class WindowIndex:
     """A built index: sorted window hashes, their positions, and the token stream to verify hits against."""
 
@@ -119,7 +91,7 @@ class WindowIndex:
 
 
 def _shard_records(data_dir: Path, split: str) -> list[dict]:
-    return [{k: rec.get(k) for k in ("file", "tokens", "sha256")} for rec in load_manifest(data_dir)["splits"][split]]
+    return [{k: rec.get(k) for k in ("file", "tokens", "sha256")} for rec in PreparedData(data_dir).manifest["splits"][split]]
 
 
 def stride_for(min_span: int = 50, k: int = 32) -> int:
@@ -142,7 +114,7 @@ def build_index(data_dir: str | Path, out_path: str | Path, k: int = 32, stride:
     if k < 1 or stride < 1:
         raise RainError(f"memorisation index: k ({k}) and stride ({stride}) must be at least 1")
     data_dir, out = Path(data_dir), Path(out_path)
-    stream = TokenStream(open_split(data_dir, split))
+    stream = PreparedData(data_dir).stream(split)
     n_windows = max(stream.total - k + 1, 0)
     bits = bucket_bits(-(-n_windows // stride), memory_bytes)
     chunk = max(chunk_tokens // stride, 1) * stride
@@ -200,7 +172,7 @@ def load_index(path: str | Path, data_dir: str | Path | None = None) -> WindowIn
     if _shard_records(data_dir, meta["split"]) != meta["shards"]:
         raise RainError(f"{path}: built from other shards than {data_dir}'s {meta['split']} split; build it again")
     windows = np.load(path / INDEX_FILE, mmap_mode="r" if meta["entries"] else None, allow_pickle=False)
-    return WindowIndex(path, windows, meta, TokenStream(open_split(data_dir, meta["split"])))
+    return WindowIndex(path, windows, meta, PreparedData(data_dir).stream(meta["split"]))
 
 
 class Span(NamedTuple):

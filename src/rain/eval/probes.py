@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from rain.data.shards import open_split
+from rain.data.prepared import PreparedData
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
 from rain.model.generate import generate
@@ -118,15 +118,12 @@ def corpus_word_counts(data_dir: str | Path, tokenizer: Tokenizer, sample_tokens
                        pieces: int = 64, split: str = "train") -> Counter:
     """Word counts of `pieces` evenly spaced stretches of the split, sample_tokens tokens in all (bounded work
     whatever the corpus size)."""
-    shards = open_split(data_dir, split)
-    sizes = np.array([len(s) for s in shards])
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    total = int(starts[-1])
+    stream = PreparedData(data_dir).stream(split)
+    total = len(stream)
     piece = total if total <= sample_tokens else max(sample_tokens // pieces, 1)
     counts: Counter = Counter()
     for a in np.unique(np.linspace(0, total - piece, pieces, dtype=np.int64)):
-        i = int(np.searchsorted(starts, a, "right")) - 1
-        ids = np.asarray(shards[i][a - starts[i]: a - starts[i] + piece], dtype=np.int64)
+        ids = np.asarray(stream.read(int(a), int(a) + piece), dtype=np.int64)
         for doc in np.split(ids, np.nonzero(ids == tokenizer.eot_id)[0]):
             counts.update(words(tokenizer.decode(doc[doc != tokenizer.eot_id].tolist())))
     return counts

@@ -176,7 +176,7 @@ class ValidationSet:
     def __init__(self, data_dir: str | Path):
         self.data = PreparedData(data_dir)
         self.dir = self.data.dir
-        self.stream = self.data.stream("val")
+        self.stream = self.data.stream("val", sources=True)
 
     def check_tokenizer(self, tokenizer_json: Path, tokenizer: Tokenizer, vocab_size: int) -> None:
         ours = self.data.tokenizer_path

@@ -70,7 +70,7 @@ class PretrainData:
                                        seed=t.seed, rank=rank, world=world)
         except ValueError as exc:
             raise RainError(f"{self.data.dir}: {exc}") from None
-        self.val = self.data.stream("val")
+        self.val = self.data.stream("val", sources=True)
         if len(self.val) < m.context + 1:
             raise RainError(f"{self.data.dir}: the validation split has {len(self.val):,} tokens and one window of "
                             f"model.context {m.context} needs {m.context + 1:,}; prepare more data (or raise "
