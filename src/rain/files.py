@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rain.errors import RainError
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -23,3 +27,35 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, obj) -> None:
     write_atomic(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def jsonl_records(text: str, at: Callable[[int], str], *, torn_tail: bool = False,
+                  warn: Callable[[str], None] | None = None) -> Iterator[tuple[str, Any]]:
+    """(location, value) for each non-blank line of JSON Lines text; `at(n)` names line n in messages. A line that
+    is not JSON is a one-line RainError naming it. With `torn_tail`, an unreadable last line with no newline after
+    it (what a process killed in the middle of appending leaves) is dropped, with a warning, instead."""
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if torn_tail and n == len(lines) and not text.endswith("\n"):
+                (warn or _stderr)(f"warning: {at(n)}: dropped an unfinished last line (a write was cut off)")
+                return
+            raise RainError(f"{at(n)}: not valid JSON ({exc.msg}); fix or remove that line") from None
+        yield at(n), value
+
+
+def read_jsonl(path: Path, *, torn_tail: bool = False, warn: Callable[[str], None] | None = None) -> list[Any]:
+    """Every value of a JSON Lines file (see jsonl_records); [] when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [value for _, value in jsonl_records(text, lambda n: f"{path}:{n}", torn_tail=torn_tail, warn=warn)]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)

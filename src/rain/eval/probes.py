@@ -21,6 +21,7 @@ import numpy as np
 from rain.data.prepared import PreparedData
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
+from rain.files import jsonl_records
 from rain.model.generate import generate
 
 SUITE_FILE = "prompt_suite.jsonl"
@@ -44,23 +45,17 @@ def load_suite(path: str | Path | None = None) -> list[dict]:
             raise RainError(f"prompt suite {path}: file not found")
         text, where = Path(path).read_text(encoding="utf-8"), str(path)
     suite, seen = [], set()
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RainError(f"{where}:{n}: not valid JSON ({exc})") from None
+    for at, entry in jsonl_records(text, lambda n: f"{where}:{n}"):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("id", "category", "prompt")):
-            raise RainError(f"{where}:{n}: each line needs string fields id, category and prompt")
+            raise RainError(f"{at}: each line needs string fields id, category and prompt")
         if entry["id"] in seen:
-            raise RainError(f"{where}:{n}: duplicate id {entry['id']!r}")
+            raise RainError(f"{at}: duplicate id {entry['id']!r}")
         if "expected" in entry:
             if isinstance(entry["expected"], str):
                 entry["expected"] = [entry["expected"]]
             entry.setdefault("match", "prefix")
             if entry["match"] not in MATCH_MODES:
-                raise RainError(f"{where}:{n}: match {entry['match']!r} is not one of {', '.join(MATCH_MODES)}")
+                raise RainError(f"{at}: match {entry['match']!r} is not one of {', '.join(MATCH_MODES)}")
         seen.add(entry["id"])
         suite.append(entry)
     return suite
@@ -182,16 +177,16 @@ def probe_checkpoints(folders: Sequence[str | Path], suite: list[dict] | None = 
                       **settings) -> tuple[dict[str, list[dict]], dict[str, int | None]]:
     """run_prompt_suite for each checkpoint (or run folder's last one); returns results and tokens seen, by
     checkpoint label, for render_report."""
-    from rain.train.checkpoint import find_checkpoint, load_weights
+    from rain import checkpoint as ckpt
 
     results, tokens = {}, {}
     for folder in folders:
-        folder = find_checkpoint(Path(folder))
-        label = folder.name if folder.name not in results else f"{folder.parent.parent.name}/{folder.name}"
-        model, _ = load_weights(folder, device)
-        state = folder / "state.json"
-        tokens[label] = json.loads(state.read_text()).get("tokens") if state.is_file() else None
-        results[label] = run_prompt_suite(model, Tokenizer.from_file(folder / "tokenizer.json"), suite, **settings)
+        checkpoint = ckpt.find(folder)
+        name = checkpoint.name
+        label = name if name not in results else f"{checkpoint.folder.parent.parent.name}/{name}"
+        model, _ = ckpt.load_model(checkpoint, device)
+        tokens[label] = checkpoint.tokens
+        results[label] = run_prompt_suite(model, ckpt.tokenizer(checkpoint), suite, **settings)
     return results, tokens
 
 

@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-import numpy as np
 import torch
 
+from rain import checkpoint as ckpt_io
+from rain.checkpoint import Checkpoint
 from rain.data.prepared import PreparedData
-from rain.data.shards import write_atomic
+from rain.files import jsonl_records, write_atomic
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
 from rain.eval.multiple_choice import score_tasks
 from rain.eval.tasks import FEWSHOT_SEED, TaskData, build_requests, get_task, load_task
-from rain.train import checkpoint as ckpt_io
 from rain.runtime import autocast_for, pick_device
 from rain.train.data import validation_batches
 from rain.train.validation import source_losses, validation_report
@@ -44,52 +44,11 @@ def _stderr_log(message: str) -> None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    folder: Path
-    name: str
-    step: int | None
-    tokens: int | None
-    data_dir: str | None  # the prepared data it was trained on (state.json)
-
-    def owns(self, row: dict) -> bool:
-        if self.step is None:
-            return row.get("step") is None and row.get("checkpoint") == self.name
-        return row.get("step") == self.step and row.get("tokens") == self.tokens
-
-
-def _describe(folder: Path) -> Checkpoint:
-    folder = ckpt_io.check_complete(folder, ckpt_io.WEIGHT_FILES)
-    state_path = folder / "state.json"
-    try:
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise RainError(f"{state_path}: not valid JSON ({exc})") from None
-    return Checkpoint(folder, folder.name.removeprefix(".old-"), state.get("step"), state.get("tokens"),
-                      state.get("data_dir"))
-
-
-def find_checkpoints(path: str | Path) -> list[Checkpoint]:
-    """A run folder's checkpoints in token order, one per step (step_N preferred to last/best), or the one
-    checkpoint folder given."""
-    path = Path(path)
-    if (path / "checkpoints").is_dir():
-        names = sorted({p.name.removeprefix(".old-") for p in (path / "checkpoints").iterdir()
-                        if p.is_dir() and (not p.name.startswith(".") or p.name.startswith(".old-"))})
-        if not names:
-            raise RainError(f"{path}: the run has no checkpoints yet (checkpoints/ is empty)")
-        found = [_describe(ckpt_io.resolve(path / "checkpoints" / n)) for n in names]
-    elif (ckpt_io.resolve(path) / "model.safetensors").is_file():
-        found = [_describe(ckpt_io.resolve(path))]
-    elif path.is_dir():
-        raise RainError(f"{path}: no checkpoints here (neither a run folder with checkpoints/ nor a checkpoint folder)")
-    else:
-        raise RainError(f"{path}: no such checkpoint or run folder")
-    preference = sorted(found, key=lambda c: (not c.name.startswith("step_"), c.name != "last", c.name))
-    unique: dict = {}
-    for c in preference:
-        unique.setdefault((c.step, c.tokens) if c.step is not None else c.name, c)
-    return sorted(unique.values(), key=lambda c: (c.tokens is None, c.tokens or 0, c.step or 0, c.name))
+def owns(ckpt: Checkpoint, row: dict) -> bool:
+    """A results row of this checkpoint: the same step and tokens seen (or, with no step, the same name)."""
+    if ckpt.step is None:
+        return row.get("step") is None and row.get("checkpoint") == ckpt.name
+    return row.get("step") == ckpt.step and row.get("tokens") == ckpt.tokens
 
 
 def default_eval_dir(path: str | Path) -> Path:
@@ -135,15 +94,9 @@ def read_results(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RainError(f"{path}:{lineno}: not valid JSON ({exc.msg}); fix or remove that line") from None
+    for where, row in jsonl_records(path.read_text(encoding="utf-8"), lambda n: f"{path}:{n}"):
         if not isinstance(row, dict) or not {"task", "metric", "value"} <= row.keys():
-            raise RainError(f"{path}:{lineno}: not a result row (task, metric, value); fix or remove that line")
+            raise RainError(f"{where}: not a result row (task, metric, value); fix or remove that line")
         rows.append(row)
     return rows
 
@@ -295,7 +248,7 @@ class Inputs:
 
     def val_for(self, ckpt: Checkpoint, log: Callable[[str], None]) -> ValidationSet | None:
         explicit = self.plan.val_data is not None
-        data_dir = self.plan.val_data or ckpt.data_dir or ckpt_io.load_config(ckpt.folder).data.dir
+        data_dir = self.plan.val_data or ckpt.data_dir or ckpt.config.data.dir
         if not data_dir or (not explicit and not (Path(data_dir) / "manifest.json").is_file()):
             if ckpt.folder not in self.val:
                 log(f"{ckpt.name}: skipping validation loss: its training data {data_dir or '(unknown)'} is not "
@@ -306,8 +259,7 @@ class Inputs:
             cached = {v.dir: v for v in self.val.values() if v is not None}
             val = cached.get(Path(data_dir)) or ValidationSet(data_dir)
             tokenizer_json = ckpt.folder / "tokenizer.json"
-            val.check_tokenizer(tokenizer_json, Tokenizer.from_file(tokenizer_json),
-                                ckpt_io.load_config(ckpt.folder).model.vocab_size)
+            val.check_tokenizer(tokenizer_json, ckpt_io.tokenizer(ckpt), ckpt.config.model.vocab_size)
             self.val[ckpt.folder] = val
         return self.val[ckpt.folder]
 
@@ -392,13 +344,13 @@ def evaluate_run(path: str | Path, plan: EvalPlan, *, out: str | Path | None = N
                  hooks: Sequence[CheckpointHook] = (), log: Callable[[str], None] = _stderr_log,
                  show_progress: bool = True) -> Outcome:
     plan.check()
-    checkpoints = find_checkpoints(path)
+    checkpoints = ckpt_io.find_all(path)
     check_tokenizers(checkpoints)
     eval_dir = Path(out) if out is not None else default_eval_dir(path)
     results = eval_dir / RESULTS_FILE
     rows = read_results(results)
     units = plan.units() + [h.unit for h in hooks]
-    todo = [(c, [u for u in units if not any(c.owns(r) and u.matches(r) for r in rows)]) for c in checkpoints]
+    todo = [(c, [u for u in units if not any(owns(c, r) and u.matches(r) for r in rows)]) for c in checkpoints]
     todo = [(c, us) for c, us in todo if us]
     if not todo:
         log(f"nothing new to evaluate: {len(checkpoints)} checkpoint(s) already in {results}")
@@ -428,8 +380,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, units: list[Unit], inputs: Inputs, dev
                         hooks: Sequence[CheckpointHook], eval_dir: Path, log: Callable[[str], None],
                         show_progress: bool = True) -> list[dict]:
     plan = inputs.plan
-    model, cfg = ckpt_io.load_weights(ckpt.folder, device)
-    tokenizer = Tokenizer.from_file(ckpt.folder / "tokenizer.json")
+    model, cfg = ckpt_io.load_model(ckpt, device)
+    tokenizer = ckpt_io.tokenizer(ckpt)
     native = [u for u in units if u.evaluator == "rain" and u.task != "val"]
     harness = [u for u in units if u.evaluator == "lm-eval"]
     out: list[dict] = []

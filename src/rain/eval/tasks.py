@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rain.errors import RainError
+from rain.files import jsonl_records
 
 FEWSHOT_SEED = 1234  # lm-eval's default `fewshot_random_seed`
 TARGET_DELIMITER = " "
@@ -330,17 +331,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise _file_not_found(path)
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except ValueError as exc:
-                raise RainError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(doc, dict):
-                raise RainError(f"{path}:{lineno}: expected a JSON object, got {type(doc).__name__}")
-            docs.append(doc)
+    for where, doc in jsonl_records(path.read_text(encoding="utf-8"), lambda n: f"{path}:{n}"):
+        if not isinstance(doc, dict):
+            raise RainError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+        docs.append(doc)
     return docs
 
 

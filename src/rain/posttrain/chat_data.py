@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
+from rain.files import jsonl_records
 from rain.posttrain.chat import Message, conversation_problem, encode_chat
 
 FORMATS = ("messages", "alpaca", "oasst")
@@ -49,13 +50,8 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, record in enumerate(records):
             yield f"{path} record {i}", record
         return
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path} line {n}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RainError(f"chat data {path} line {n}: not valid JSON ({exc})") from None
+    for at, record in jsonl_records(text, lambda n: f"chat data {path} line {n}"):
+        yield at.removeprefix("chat data "), record
 
 
 def _field(where: str, record: Any, key: str, kind: type, default: Any = ...) -> Any:

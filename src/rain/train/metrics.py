@@ -10,6 +10,7 @@ import torch
 
 from rain.config import ModelConfig, RunConfig
 from rain.errors import RainError
+from rain.files import read_jsonl
 
 # bf16 dense peak FLOP/s by device-name fragment (the MFU denominator).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "4090": 165.2e12, "3090": 71e12}
@@ -74,10 +75,8 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The run's records; a last line cut off by a crash or a full disk is dropped with a warning."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl", torn_tail=True)
 
 
 def truncate_after(run_dir: Path, step: int) -> None:
