@@ -119,3 +119,26 @@ def test_with_a_progress_bar_the_time_left_is_said_once(monkeypatch):
     lines.train(entry, eta=170.0)
     lines.train({**entry, "step": 20}, eta=160.0)
     assert said == ["step 10: 3,500 tokens/s, about 2m50s left at this pace"]
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused_until_the_first_ends(tiny_data, tmp_path):
+    from rain.errors import RainError
+
+    cfg = tiny_run_config(tiny_data, max_steps=2, eval_every=2)
+    first = Trainer(cfg, tmp_path / "run", log=lambda *_: None)
+    with pytest.raises(RainError, match=rf"in use by rain train \(pid {os.getpid()} on"):
+        Trainer(cfg, tmp_path / "run", overwrite=True, log=lambda *_: None)
+    assert (tmp_path / "run/config.json").exists() is False  # the refused one touched nothing
+    first.fit()
+    train(cfg, tmp_path / "run", overwrite=True, log=lambda *_: None)  # released when the first finished
+
+
+def test_init_from_a_folder_that_the_output_would_replace_is_refused(tiny_data, tmp_path):
+    from rain.errors import RainError
+
+    cfg = tiny_run_config(tiny_data, max_steps=2, eval_every=2)
+    train(cfg, tmp_path / "base", log=lambda *_: None)
+    for out in (tmp_path / "base", tmp_path / "base" / "child", tmp_path):
+        with pytest.raises(RainError, match="overlaps --init-from"):
+            train(cfg, out, overwrite=True, init_from=tmp_path / "base", log=lambda *_: None)
+    assert (tmp_path / "base/checkpoints/last/model.safetensors").is_file()

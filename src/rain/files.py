@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -59,3 +61,31 @@ def read_jsonl(path: Path, *, torn_tail: bool = False, warn: Callable[[str], Non
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+class FolderLock:
+    """An exclusive lock on a folder (its `.lock` file) held by one process at a time: a second process gets a
+    one-line RainError naming the holder. The kernel releases it when the holder exits however it exits, so a
+    lock left by a killed process is never in the way."""
+
+    def __init__(self, folder: Path, what: str):
+        self.path = Path(folder) / ".lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise RainError(f"{folder}: in use by {what} ({holder}); wait for it to finish or stop it, "
+                            "or use another folder") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()

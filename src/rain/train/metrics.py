@@ -10,7 +10,7 @@ import torch
 
 from rain.config import ModelConfig, RunConfig
 from rain.errors import RainError
-from rain.files import read_jsonl
+from rain.files import read_jsonl, write_atomic
 
 # bf16 dense peak FLOP/s by device-name fragment (the MFU denominator).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "4090": 165.2e12, "3090": 71e12}
@@ -82,7 +82,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def truncate_after(run_dir: Path, step: int) -> None:
     """Drop records past `step` (a resumed run re-logs them) so the file reads as one uninterrupted run."""
     records = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    (Path(run_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_atomic(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 def smooth(values, half_window: int) -> list[float]:

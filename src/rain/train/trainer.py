@@ -30,12 +30,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rain.config import RunConfig
 from rain.errors import RainError
-from rain.files import write_json_atomic
+from rain.files import FolderLock, write_json_atomic
 from rain.model.moe import router_stats
 from rain.model.transformer import Transformer
 from rain.progress import progress
 from rain.runtime import Ranks, autocast_for, enable_tf32, pick_device
-from rain.train import checkpoint as ckpt
+from rain import checkpoint as ckpt
 from rain.train.data import PretrainData, TrainData
 from rain.train.metrics import (MetricsLog, active_params, flops_per_token, peak_flops, plot_losses, read_metrics,
                                 truncate_after)
@@ -101,6 +101,17 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def check_not_parent(run_dir: Path, init_from: str | Path | None) -> None:
+    """Refuse an output folder that is, holds or sits inside the checkpoint it starts from: --overwrite would
+    delete the parent before it is read."""
+    if init_from is None:
+        return
+    out, parent = run_dir.resolve(), Path(init_from).resolve()
+    if out == parent or out in parent.parents or parent in out.parents:
+        raise RainError(f"--out {run_dir} overlaps --init-from {init_from} (the run would replace its own parent); "
+                        "choose another --out")
+
+
 def build_model(cfg: RunConfig, device: torch.device, init_from: str | Path | None,
                 tokenizer_path: Path | None = None) -> Transformer:
     """A fresh model, or one holding the weights of init_from: a rain checkpoint/run folder or a Hugging Face
@@ -131,7 +142,8 @@ class Trainer:
     that a checkpoint must carry on the object, where state_dict() reads it."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-                 init_from: str | Path | None = None, data: TrainData | None = None, log=print):
+                 init_from: str | Path | None = None, data: TrainData | None = None,
+                 model: torch.nn.Module | None = None, log=print):
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         t = cfg.train
         self.device = pick_device(t.device)
@@ -148,13 +160,16 @@ class Trainer:
         self.grad_accum = t.batch_size // (self.micro_batch * self.ranks.world)
         self.total = cfg.total_steps()
         self.tokens_per_step = t.batch_size * cfg.model.context
+        self.lock = None
         if self.ranks.main:
+            check_not_parent(self.run_dir, None if resume else init_from)
+            self.lock = FolderLock(self.run_dir, "rain train")  # two runs in one folder would mix their records
             prepare_run_dir(self.run_dir, resume, overwrite)
             for warning in schedule_warnings(cfg, self.total):
                 log(warning)
         if self.ranks.world > 1:
             dist.barrier()
-        self._build_model(None if resume else init_from)  # a resumed run's weights come from its own checkpoint
+        self._build_model(None if resume else init_from, model)  # a resumed run's weights come from its checkpoint
         self.lineage = self._lineage(init_from)
         # The loop state a checkpoint carries (see state_dict).
         self.step_count, self.best_val, self.wall_before, self.window_steps = 0, math.inf, 0.0, 0
@@ -167,16 +182,19 @@ class Trainer:
     def _micro_batch(self) -> int:
         if not self.cfg.train.auto_micro_batch:
             return self.cfg.train.micro_batch
-        from rain.train.bench import fit_micro_batch
+        from rain.train.micro_batch import fit_micro_batch
 
         return fit_micro_batch(self.cfg, self.device, self.ranks.world, self.log)
 
-    def _build_model(self, init_from) -> None:
+    def _build_model(self, init_from, model: torch.nn.Module | None = None) -> None:
         t = self.cfg.train
         torch.manual_seed(t.seed)
         enable_tf32(self.device)
         self.autocast = autocast_for(self.device, t.dtype)
-        self.model = build_model(self.cfg, self.device, init_from, self.data.tokenizer_path)
+        if model is None:
+            model = build_model(self.cfg, self.device, init_from, self.data.tokenizer_path)
+        # A given model is trained instead, called as model(x, y, doc_ids=) -> loss (rain bench's transformers model)
+        self.model = model.to(self.device)
         self.model.checkpoint_layers = t.checkpoint_layers
         self.n_params = self.model.num_params()
         self.flops_per_token = flops_per_token(self.cfg.model, self.n_params)
@@ -202,18 +220,24 @@ class Trainer:
         lr = set_lr(self.optimizer, self.step_count, self.total, t)
         for micro in range(self.grad_accum):
             x, y, doc = self.batches.next_batch()
+            self.phase_done("data")
             sync = self.ranks.world == 1 or micro == self.grad_accum - 1
             with nullcontext() if sync else self.step_model.no_sync():
                 with self.autocast:
                     loss = self.step_model(x, y, doc_ids=doc) / self.grad_accum
                 loss.backward()
             self.loss_sum += loss.detach()
+        self.phase_done("forward_backward")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
         self.window_steps += 1
         return StepStats(self.step_count, lr, grad_norm)
+
+    def phase_done(self, phase: str) -> None:
+        """Called in step() as each phase ends: "data" (a micro-batch is on the device) and "forward_backward"
+        (all gradients are in). Does nothing: it is where `rain bench` marks the step's time split."""
 
     def evaluate(self) -> dict:
         """Validation loss, perplexity and bits per byte on the data's fixed validation windows, per source too."""
@@ -262,7 +286,12 @@ class Trainer:
 
     def fit(self, stop_after: int | None = None) -> dict:
         """Step until the end of the schedule (or stop_after, or Ctrl-C / SIGTERM, which stop at a step boundary
-        and save `last` so the run resumes exactly), logging, evaluating and saving on the config's cadence."""
+        and save `last` so the run resumes exactly), logging, evaluating and saving on the config's cadence.
+        The run folder stays locked to this process until its summary is written, or fit fails."""
+        with closing_all(self.lock):
+            return self._fit(stop_after)
+
+    def _fit(self, stop_after: int | None) -> dict:
         t, main = self.cfg.train, self.ranks.main
         keep = checkpoint_steps(self.total, t.checkpoints)
         metrics = MetricsLog(self.run_dir, self.cfg, self.run_dir.name) if main else None
