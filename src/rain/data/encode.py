@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -68,8 +70,16 @@ _tokenizers: dict = {}
 _signers: dict = {}
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    # A worker waits on a queue whose other end it shares, so it never notices a parent killed with -9: watch.
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int, every: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def process(texts: list[str], job: Job) -> Processed:
@@ -132,7 +142,7 @@ class Pool:
         if self.executor is None and self.workers > 1:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
-                                                initializer=_init_worker)
+                                                initializer=_init_worker, initargs=(os.getpid(),))
         if self.executor is not None:
             return self.executor.submit(process, texts, job)
         done: Future = Future()
