@@ -19,6 +19,34 @@ def test_changing_a_future_token_never_changes_earlier_logits():
     assert not torch.allclose(a[:, 20:], b[:, 20:])
 
 
+
+def test_positions_and_attn_mask_give_the_document_and_causal_forwards():
+    torch.manual_seed(0)
+    model = Transformer(small_model_config()).eval()
+    x, y = torch.randint(0, 512, (2, 2, 12)).unbind(0)
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()
+    with torch.no_grad():
+        # Spelled out, the default (position t, causal attention); SDPA's masked kernel, so to float rounding.
+        torch.testing.assert_close(model(x, positions=torch.arange(12).expand(2, 12), attn_mask=causal), model(x))
+        # Two documents of 5 and 7 tokens: positions restart, no attention across them; logits and per-token losses.
+        doc = torch.tensor([[0] * 5 + [1] * 7] * 2)
+        pos = torch.cat([torch.arange(5), torch.arange(7)]).expand(2, 12)
+        mask = (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
+        assert torch.equal(model(x, positions=pos, attn_mask=mask), model(x, doc_ids=doc))
+        assert torch.equal(model(x, y, positions=pos, attn_mask=mask, per_token=True),
+                          model(x, y, doc_ids=doc, per_token=True))
+        torch.testing.assert_close(model(x, positions=pos, attn_mask=mask)[:, 5:], model(x[:, 5:]))
+        # What the evaluator packs: a context of 4 then two continuations that each see it but not each other.
+        seg = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+        shared = causal & ((seg[None, :] == 0) | (seg[None, :] == seg[:, None]))
+        packed = model(x, positions=torch.tensor([list(range(8)) + list(range(4, 8))] * 2), attn_mask=shared)
+        second = model(torch.cat([x[:, :4], x[:, 8:]], dim=1))
+        torch.testing.assert_close(packed[:, :8], model(x[:, :8]))
+        torch.testing.assert_close(packed[:, 8:], second[:, 4:])
+    with pytest.raises(ValueError, match="not both"):
+        model(x, doc_ids=doc, attn_mask=mask)
+
+
 def reference_attention(attn: Attention, x, cos, sin):
     """Plain multi-head attention with an explicit softmax; K/V heads repeated for each query group."""
     B, T, _ = x.shape

@@ -61,12 +61,8 @@ def _split_pair(context: str, continuation: str) -> tuple[str, str]:
     return context, continuation
 
 
-def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's TemplateLM._encode_pair (causal) for a non-empty context."""
-    return _encode_pair(_Encoder(tokenizer), context, continuation)
-
-
 def _encode_pair(enc: _Encoder, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's TemplateLM._encode_pair (causal) for a non-empty context."""
     context, continuation = _split_pair(context, continuation)
     whole = enc(context + continuation)
     context_enc = enc(context)
@@ -99,22 +95,6 @@ def tokenize_requests(tokenizer: Tokenizer, requests: Sequence[tuple[str, str]])
 
 
 # ----------------------------------------------------------------------------- scoring
-
-
-def _can_pack(model) -> bool:
-    # The packed forward below drives rain.model.Transformer's blocks directly with a custom mask.
-    return all(hasattr(model, a) for a in ("embed", "blocks", "norm", "lm_head", "rope_cos", "rope_sin"))
-
-
-def _hidden_packed(model, idx: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Final-norm hidden states with explicit positions and a (B, T, T) boolean attention mask.
-
-    This is Transformer.forward's document-mask branch with our own mask (the model's forward only builds
-    block-diagonal ones): same embedding, rotary tables, blocks and final norm.
-    """
-    cos, sin = model.rope_cos[pos][:, None], model.rope_sin[pos][:, None]
-    x, _ = model.blocks(model.embed(idx), cos, sin, mask[:, None])
-    return model.norm(x)
 
 
 class _Row:
@@ -169,14 +149,13 @@ def score_tokens(
     if on_done is not None and any(r is not None for r in results):
         on_done([i for i, r in enumerate(results) if r is not None])
 
-    pack = share_context and _can_pack(model)
     by_ctx: dict[tuple[int, ...], list[tuple[int, ...]]] = defaultdict(list)
     for ctx, cont in owners:
         by_ctx[ctx].append(cont)
     rows: list[_Row] = []
     for ctx, conts in by_ctx.items():
         conts.sort(key=lambda c: (-len(c), c))
-        if not pack:
+        if not share_context:
             rows += [_Row(ctx, [c]) for c in conts]
             continue
         # Greedy packing, a row never longer than the model's context (memory as for an ordinary batch).
@@ -194,7 +173,7 @@ def score_tokens(
     try:
         for start in range(0, len(rows), max(1, batch_size)):
             batch = rows[start : start + max(1, batch_size)]
-            for (ctx, cont), value in zip(_batch_keys(batch), _score_batch(model, batch, pack, device)):
+            for (ctx, cont), value in zip(_batch_keys(batch), _score_batch(model, batch, share_context, device)):
                 for i in owners[(ctx, cont)]:
                     results[i] = value
             if on_done is not None:
@@ -234,24 +213,24 @@ def _score_batch(model, batch: list[_Row], pack: bool, device) -> list[tuple[flo
             cols_q += q
             targets += cont
             off += n
-    idx = idx.to(device)
-    if pack:
-        seg = seg.to(device)
-        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-        # A token sees earlier context tokens and earlier tokens of its own segment; padding sees padding
-        # and context, so no row of the mask is empty (an empty row would give NaNs that leak through V).
-        mask = ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])) & causal
-        h = _hidden_packed(model, idx, pos.to(device), mask)
-        h = h[torch.tensor(rows_q, device=device), torch.tensor(cols_q, device=device)]
-        logits = model.lm_head(h)
-    else:
-        # Right padding with the ordinary causal forward: padding comes after every scored position.
-        logits = model(idx)[torch.tensor(rows_q, device=device), torch.tensor(cols_q, device=device)]
+    # Unpacked rows take the ordinary causal forward: right padding comes after every scored position.
+    packing = dict(positions=pos.to(device), attn_mask=_segment_mask(seg.to(device))) if pack else {}
+    logits = model(idx.to(device), **packing)
+    logits = logits[torch.tensor(rows_q, device=device), torch.tensor(cols_q, device=device)]
     logprobs = F.log_softmax(logits.float(), dim=-1)
     tgt = torch.tensor(targets, device=device)
     token_lp = logprobs.gather(-1, tgt[:, None]).squeeze(-1).cpu()
     greedy = (logprobs.argmax(-1) == tgt).cpu()
     return [(float(token_lp[a:b].sum()), bool(greedy[a:b].all())) for a, b in spans]
+
+
+def _segment_mask(seg: torch.Tensor) -> torch.Tensor:
+    """seg (B, T): -1 padding, 0 context, j + 1 continuation j -> the (B, 1, T, T) mask for Transformer.forward.
+
+    A token sees earlier context tokens and earlier tokens of its own segment; padding sees padding and
+    context, so no row of the mask is empty (an empty row would give NaNs that leak through V)."""
+    causal = torch.ones(seg.shape[1], seg.shape[1], dtype=torch.bool, device=seg.device).tril()
+    return (((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])) & causal)[:, None]
 
 
 def loglikelihood(

@@ -258,6 +258,12 @@ class Transformer(nn.Module):
                 aux.append(a)
         return x, aux
 
+    def _rope(self, positions: torch.Tensor | None, start: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin for position ids (B, T) -> (B, 1, T, D), or for positions start..start+T-1 -> (T, D)."""
+        if positions is None:
+            return self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        return self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -265,21 +271,27 @@ class Transformer(nn.Module):
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         per_token: bool = False,
+        positions: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) when targets is None, else the mean cross-entropy over targets != -100 (or, with
         `per_token` and no gradient, each position's loss (B, T), 0 where the target is -100). Training an MoE
-        model, the returned loss also carries the load-balancing loss's gradient, but not its value."""
+        model, the returned loss also carries the load-balancing loss's gradient, but not its value.
+
+        By default token t sits at position t (after the cache's tokens) and attends causally. positions (B, T)
+        and a boolean attn_mask broadcastable to (B, 1, T, keys) (True: may attend; keys are the cache's tokens,
+        then these) replace that, e.g. to score several sequences packed in one row; every query needs a key.
+        doc_ids (B, T) is the usual case of it: positions restart and attention stays within each document."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.context:
             raise ValueError(f"sequence of {start + T} tokens is longer than the context ({self.cfg.context})")
-        mask = None
         if doc_ids is not None:
-            pos, mask = document_positions_and_mask(doc_ids)
-            cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
-        else:
-            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-        x, aux = self.blocks(self.embed(idx), cos, sin, mask, cache)
+            if positions is not None or attn_mask is not None:
+                raise ValueError("give doc_ids or positions/attn_mask, not both: doc_ids sets both")
+            positions, attn_mask = document_positions_and_mask(doc_ids)
+        cos, sin = self._rope(positions, start, T)
+        x, aux = self.blocks(self.embed(idx), cos, sin, attn_mask, cache)
         if cache is not None:
             cache.length += T
         x = self.norm(x)
