@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tomllib
@@ -9,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from rain.errors import RainError
 
@@ -187,30 +188,58 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def load_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    cfg = RunConfig()
-    if preset is not None:
-        path = resolve_preset(preset)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise RainError(f"config {path}: not valid TOML ({exc})") from None
-        for section, values in raw.items():
-            if not isinstance(values, dict):
-                raise RainError(f"config {path}: top-level key {section!r} must be a [section]")
-            for key, value in values.items():
-                _apply(cfg, section, key, value, str(path))
-    for text in overrides or []:
+def load_config(source: str | Path | RunConfig | None = None, overrides: Sequence[str] | None = (), *,
+                derive: Callable[[RunConfig], None] | None = None) -> RunConfig:
+    """The one way a command resolves its config (train, prepare, demo, bench, sft): `source` is a preset
+    name in configs/ or a TOML file, a saved run's config.json, or a RunConfig already built (copied, not
+    changed); then each `--set section.key=value` in order; then `derive(cfg)`, for values that follow others
+    unless the user set them (see overridden_keys); then validation, so a bad value stops the command before
+    any work starts."""
+    cfg = _base_config(source)
+    for text in overrides or ():
         _apply(cfg, *parse_override(text), origin=f"--set {text}")
+    if derive is not None:
+        derive(cfg)
     validate(cfg)
     return cfg
 
 
-def config_from_dict(raw: dict[str, Any], origin: str = "config.json") -> RunConfig:
+def overridden_keys(overrides: Sequence[str]) -> set[str]:
+    """The 'section.key' names the `--set` overrides change, for defaults that give way to the user's choice."""
+    return {f"{section}.{key}" for section, key, _ in map(parse_override, overrides)}
+
+
+def _base_config(source: str | Path | RunConfig | None) -> RunConfig:
+    if source is None:
+        return RunConfig()
+    if isinstance(source, RunConfig):
+        return copy.deepcopy(source)
+    path = resolve_preset(source)
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RainError(f"config {path}: not valid JSON ({exc})") from None
+    else:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise RainError(f"config {path}: not valid TOML ({exc})") from None
+    return _from_sections(raw, str(path))
+
+
+def _from_sections(raw: dict[str, Any], origin: str) -> RunConfig:
     cfg = RunConfig()
     for section, values in raw.items():
+        if not isinstance(values, dict):
+            raise RainError(f"config {origin}: top-level key {section!r} must be a [section]")
         for key, value in values.items():
             _apply(cfg, section, key, value, origin)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "config.json") -> RunConfig:
+    cfg = _from_sections(raw, origin)
     validate(cfg)
     return cfg
 

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from rain.config import RunConfig, _apply, parse_override, validate
+from rain.config import RunConfig, load_config, overridden_keys, validate
 from rain.data.tokenizer import PAD, Tokenizer
 from rain.errors import RainError
 from rain.posttrain.chat import CHAT_TEMPLATE, Message
@@ -215,17 +215,16 @@ def run_sft(base: str | Path, data: list[str | Path], out: str | Path, *, fmt: s
     folder = ckpt.check_complete(folder, ckpt.WEIGHT_FILES)
     run_config = Path(out) / "config.json"
     if resume and run_config.is_file():
-        cfg = ckpt.load_config(Path(out))
+        source = run_config  # the interrupted run's own config, like `rain train --resume`
     else:
-        cfg = sft_config(ckpt.load_config(folder), lr=lr, batch=batch)
-    overridden = set()
-    for text in overrides:
-        section, key, value = parse_override(text)
-        _apply(cfg, section, key, value, origin=f"--set {text}")
-        overridden.add(f"{section}.{key}")
-    if not resume and "train.min_lr" not in overridden:
-        cfg.train.min_lr = cfg.train.lr / 10
-    validate(cfg)
+        source = sft_config(ckpt.load_config(folder), lr=lr, batch=batch)
+    overridden = overridden_keys(overrides)  # the user's choices win over the SFT defaults set below
+
+    def min_lr_follows_lr(cfg: RunConfig) -> None:
+        if not resume and "train.min_lr" not in overridden:
+            cfg.train.min_lr = cfg.train.lr / 10
+
+    cfg = load_config(source, overrides, derive=min_lr_follows_lr)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     sft_data = SFTData(folder / "tokenizer.json", data, context=cfg.model.context, micro_batch=cfg.train.micro_batch,
                        seed=cfg.train.seed, eval_batches=cfg.train.eval_batches, val_fraction=val_fraction,
