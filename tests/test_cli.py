@@ -115,3 +115,39 @@ def test_help_does_not_import_torch():
     code = "import sys, rain.cli; rain.cli.build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def sample_run(path, capsys, *extra):
+    assert main(["sample", str(path), "--prompt", "alice has", "--max-tokens", "8", "--seed", "3", *extra]) == 0
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_sample_reads_a_runs_best_checkpoint_as_its_help_says(run_dir, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    last = run / "checkpoints/last/model.safetensors"  # training went on past the best evaluation and got worse
+    save_file({k: v * 0.5 + 0.1 for k, v in load_file(str(last)).items()}, str(last))
+    from_best, from_last = sample_run(run / "checkpoints/best", capsys), sample_run(run / "checkpoints/last", capsys)
+    assert from_best[0] != from_last[0]
+    out, err = sample_run(run, capsys)
+    assert out == from_best[0] and f"sampling {run / 'checkpoints/best'}" in err
+    assert "best checkpoint" in subprocess.run([sys.executable, "-m", "rain.cli", "sample", "--help"],
+                                               capture_output=True, text=True).stdout
+    shutil.rmtree(run / "checkpoints/best")  # stopped before its first evaluation: there is only `last`
+    assert sample_run(run, capsys)[0] == from_last[0]
+
+
+def test_train_can_start_from_a_saved_runs_config(run_dir, tiny_data, tmp_path, capsys):
+    # --config takes a run's config.json as well as a preset: the new run repeats the old one's settings.
+    new = tmp_path / "again"
+    assert main(["train", "--config", str(run_dir / "config.json"), "--set", "train.max_steps=1",
+                 "--data", str(tiny_data), "--out", str(new)]) == 0
+    old_cfg, new_cfg = (json.loads((r / "config.json").read_text()) for r in (run_dir, new))
+    assert new_cfg["train"].pop("max_steps") == 1 and old_cfg["train"].pop("max_steps") == 2
+    assert new_cfg == old_cfg
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    one_line_error(*run_cli(["train", "--config", str(broken), "--out", str(tmp_path / "r")], capsys), "not valid JSON")

@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import TextIO
 
-from rain.cli import _add_sampling_args, load_checkpoint
+from rain.commands_common import add_sampling_args, add_set_arg, sampling_options
 from rain.errors import RainError
+from rain.train.commands import load_checkpoint
 
 
 def cmd_sft(args) -> None:
@@ -105,8 +106,7 @@ def cmd_chat(args) -> None:
     if checkpoint_chat_template(folder) is None:
         raise RainError(f"{folder} is a base model without a chat template: fine-tune it with `rain sft` first, "
                         "or complete text with `rain sample`")
-    chat_loop(model, tokenizer, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
-              top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    chat_loop(model, tokenizer, system=args.system, **sampling_options(args))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -127,8 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overflow", default="drop", choices=("drop", "truncate"), help="a conversation longer than the "
                    "context is dropped and counted, or cut after its last assistant turn that fits (default: %(default)s)")
     p.add_argument("--no-mask", action="store_true", help="train on every token, prompts and role headers included")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value of the run, e.g. --set train.eval_every=50 (repeatable)")
+    add_set_arg(p, help="override a config value of the run, e.g. --set train.eval_every=50 (repeatable)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -140,7 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "Reads lines from stdin (pipe them in to script it). /reset clears the history, /exit quits.")
     p.add_argument("checkpoint", help="a checkpoint folder or run folder from `rain sft`")
     p.add_argument("--system", help="a system prompt placed before the conversation")
-    _add_sampling_args(p)
+    add_sampling_args(p)
     p.set_defaults(max_tokens=256, temperature=0.7)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_chat)

@@ -1,16 +1,130 @@
-"""`rain bench` on the command line; the measuring lives in rain.train.bench, imported only when the command runs
-so that `rain --help` does not pay for torch."""
+"""`rain train`, `rain sample`, `rain demo` and `rain bench` on the command line. The work lives in rain.train,
+rain.data and rain.model, imported only when a command runs so that `rain --help` does not pay for torch.
+
+`sample` lives here rather than in rain.eval.commands because `demo` ends by sampling and rain.train must not import
+rain.eval (tests/test_layers.py); rain.model only generates from token ids and knows no files."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
+from rain.commands_common import add_config_args, add_sampling_args, add_set_arg, sampling_options
 from rain.errors import RainError
 
+if TYPE_CHECKING:
+    from rain.config import RunConfig
+
+# `rain demo --quick`: a third of the steps, for a slow or busy machine (the loss still falls clearly).
+QUICK_DEMO = ["train.max_steps=100", "train.eval_every=50", "train.warmup=10", "train.checkpoints=2"]
+DEMO_PROMPTS = ["def fibonacci(n):", "The Python standard library", "Q: What is 12 + 30?\nA:"]
 PRECISIONS = ("fp32", "bf16", "bf16-master")  # bf16: autocast over fp32 weights; bf16-master: bf16 weights
 # Parts of rain's fast path that --disable switches off, to measure what each gives.
 FAST_PATH = ("chunked-loss", "sdpa-gqa", "prefetch", "gc-pause")
+
+
+def train_config(config: str, overrides: list[str], out: str | Path, *, resume: bool = False,
+                 data: str | None = None) -> RunConfig:
+    """The config `rain train` runs: on --resume the run's own saved config.json (the preset is not read again),
+    otherwise the preset or TOML file; then the --set overrides; --data names the prepared data folder."""
+    from rain.config import load_config
+
+    saved = Path(out) / "config.json"
+    cfg = load_config(saved if resume and saved.is_file() else config, overrides)
+    if data:
+        cfg.data.dir = data
+    return cfg
+
+
+def cmd_train(args) -> None:
+    from rain.train.trainer import train
+
+    cfg = train_config(args.config, args.set, args.out, resume=args.resume, data=args.data)
+    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, init_from=args.init_from, stop_after=args.stop_after)
+
+
+def load_checkpoint(path: str, device: str):
+    from rain.data.tokenizer import Tokenizer
+    from rain.runtime import pick_device
+    from rain.train import checkpoint as ckpt
+
+    folder = ckpt.find_checkpoint(Path(path))
+    model, cfg = ckpt.load_weights(folder, pick_device(device))
+    return model, cfg, Tokenizer.from_file(folder / "tokenizer.json"), folder
+
+
+def sample_checkpoint(path: str | Path) -> Path:
+    """What `rain sample PATH` reads: a run folder's best checkpoint (the lowest validation loss, which is what
+    a user asking a run for samples wants; after overfitting, `last` is worse), or its `last` before the first
+    evaluation saved a best; any other path as given."""
+    from rain.train import checkpoint as ckpt
+
+    best = Path(path) / "checkpoints" / "best"
+    return best if ckpt.resolve(best).exists() else Path(path)
+
+
+def sample(checkpoint: str | Path, prompts: list[str], *, device: str = "auto", max_tokens: int = 80,
+           temperature: float = 0.8, top_k: int = 50, top_p: float = 0.95, seed: int = 0) -> Iterator[tuple[str, str]]:
+    """(prompt, completion) for each prompt, generated with a KV cache from a checkpoint folder or a run folder's
+    best checkpoint (see sample_checkpoint); prompt i is sampled with seed + i. Every prompt is checked against
+    the context before the first is generated."""
+    from rain.model.generate import generate
+
+    model, cfg, tok, _ = load_checkpoint(str(sample_checkpoint(checkpoint)), device)
+    encoded = [tok.encode(prompt) for prompt in prompts]
+    for i, ids in enumerate(encoded):
+        if len(ids) >= cfg.model.context:
+            raise RainError(f"prompt {i + 1} has {len(ids)} tokens; the model's context is {cfg.model.context}: shorten it")
+    for i, (prompt, ids) in enumerate(zip(prompts, encoded)):
+        out = generate(model, ids, max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       stop_ids=(tok.eot_id,), seed=seed + i, vocab_limit=tok.vocab_size)
+        yield prompt, tok.decode(out)
+
+
+def print_samples(checkpoint: str | Path, prompts: list[str], *, device: str = "auto", **options) -> None:
+    folder = sample_checkpoint(checkpoint)
+    for i, (prompt, completion) in enumerate(sample(folder, prompts, device=device, **options)):
+        if i == 0:  # said once the checkpoint loaded and every prompt fits, so an error stays one line
+            print(f"sampling {folder}", file=sys.stderr)
+        print(f"--- {prompt!r}\n{prompt}{completion}\n", flush=True)
+
+
+def cmd_sample(args) -> None:
+    print_samples(args.checkpoint, args.prompt or DEMO_PROMPTS, device=args.device, **sampling_options(args))
+
+
+def demo_config(quick: bool, overrides: list[str]) -> RunConfig:
+    from rain.config import load_config
+
+    return load_config("tiny", QUICK_DEMO + overrides if quick else overrides)
+
+
+def cmd_demo(args) -> None:
+    from rain.data.prepare import prepare
+    from rain.train.trainer import train
+
+    out = Path(args.out)
+    t0 = time.time()
+    cfg = demo_config(args.quick, args.set)
+    data_dir = out / "data"
+    if (data_dir / "manifest.json").exists() and not args.overwrite:
+        print(f"using the corpus already prepared in {data_dir}")
+    else:
+        print("preparing the built-in corpus (CPython stdlib code, package docs, arithmetic) ...")
+        manifest = prepare(cfg, data_dir, overwrite=True)
+        tokens = sum(s["tokens"] for s in manifest["sources"]["train"].values())
+        print(f"  {tokens:,} training tokens, tokenizer of {cfg.model.vocab_size:,} in {manifest['seconds']:.0f} s")
+    cfg.data.dir = str(data_dir)
+    summary = train(cfg, out / "run", overwrite=args.overwrite)
+    print("\nsamples from the trained model:")
+    print_samples(out / "run", DEMO_PROMPTS, **sampling_options(args))
+    print(f"demo finished in {time.time() - t0:.0f} s; outputs in {out}/ (run/loss.png, run/metrics.jsonl, run/checkpoints/)")
+    if summary.get("final_val_loss") is not None and summary["final_val_loss"] >= summary["first_val_loss"]:
+        raise RainError("validation loss did not fall during the demo; something is wrong with this install")
 
 
 def format_report(preset: str, r: dict) -> str:
@@ -73,13 +187,14 @@ def cmd_bench(args) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    register_train(sub)
     p = sub.add_parser("bench", help="training-step speed vs transformers' model of the same shape", description=
                        "Time rain's training step on synthetic tokens (warm-up excluded): tokens/s, MFU (6N + 12·L·d·T "
                        "FLOPs per token against the GPU's bf16 dense peak), the step split (data, forward+backward, "
                        "optimizer) and peak memory; then the same for transformers' Qwen3ForCausalLM/LlamaForCausalLM "
                        "of identical shape with the same optimizer and settings, and the ratio.")
     p.add_argument("--preset", default="tiny", help="a preset in configs/ or a TOML file (default: %(default)s)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    add_set_arg(p, help="override a config value (repeatable)")
     p.add_argument("--micro-batch", help="sequences per step, or auto: the largest that fits (CUDA; default: the "
                    "preset's micro_batch, or auto where it sets train.auto_micro_batch)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -100,3 +215,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", help="also append the JSON object to this file (one line per run)")
     p.set_defaults(func=cmd_bench)
+
+
+def register_train(sub: argparse._SubParsersAction) -> None:
+    """`rain train`, `rain sample` and `rain demo`."""
+    p = sub.add_parser("train", help="pretrain a model on prepared shards", description=
+                       "Train per the config on shards from `rain prepare`; writes checkpoints/, metrics.jsonl, "
+                       "run_summary.json and loss.png into --out.")
+    add_config_args(p)
+    p.add_argument("--data", help="prepared data folder (from `rain prepare`); on --resume the run's own is used")
+    p.add_argument("--out", required=True, help="run folder")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer and schedule")
+    p.add_argument("--stop-after", type=int, help="save and stop after this step (continue later with --resume)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="complete prompts with a trained model", description=
+                       "Generate continuations with a KV cache. CHECKPOINT is a checkpoint folder or a run folder: "
+                       "its best checkpoint (the lowest validation loss), or its last before the first evaluation.")
+    p.add_argument("checkpoint")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable; default: three demo prompts)")
+    add_sampling_args(p)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("demo", help="prepare the built-in corpus, train `tiny`, evaluate and sample", description=
+                       "Everything in a row on the built-in corpus: about 3 minutes on an idle 2-core CPU (300 "
+                       "steps; it prints the time left after the first 10), about 1 minute with --quick.")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="100 training steps instead of 300, for a slow or busy machine")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    add_set_arg(p, help="override the tiny preset (repeatable)")
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_demo)

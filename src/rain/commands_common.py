@@ -1,0 +1,47 @@
+"""Arguments more than one stage's commands take, defined once: the run config (--config, --set) and the sampling
+settings. Any stage's commands module may import this (never rain.cli). Standard library and rain.config only,
+so building the parser (`rain --help`) stays fast and never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rain.config import RunConfig
+
+
+def add_set_arg(p: argparse.ArgumentParser, help: str = "override one config value, e.g. --set train.lr=1e-3 "
+                "(repeatable)") -> None:
+    """The one `--set SECTION.KEY=VALUE` option; rain.config.load_config applies the list in order."""
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help)
+
+
+def add_config_args(p: argparse.ArgumentParser, default: str | None = "tiny") -> None:
+    from rain.config import PRESET_DIR  # standard library only: `rain --help` stays fast
+
+    presets = ", ".join(sorted(path.stem for path in PRESET_DIR.glob("*.toml"))) or "none found"
+    p.add_argument("--config", default=default, help=f"a preset name in configs/ ({presets}), a TOML file, or a run's config.json to start from "
+                   "its settings (default: %(default)s)")
+    add_set_arg(p)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The config that --config and --set name (see add_config_args)."""
+    from rain.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=80, help="new tokens per prompt (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=50, help="0 disables (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1 disables (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    """The values of add_sampling_args' options, as keyword arguments of rain.train.commands.sample and chat_loop."""
+    return {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "seed": args.seed}
