@@ -1,7 +1,16 @@
+import atexit
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
+
+# A private TorchInductor cache per test session, set before torch compiles anything: a machine-wide cache that
+# another process (or another torch version) writes to can hand a compiled test a corrupt or stale kernel.
+# A cache the user chose on purpose is kept.
+if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rain-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import pytest
 import torch
