@@ -83,10 +83,6 @@ class TrainConfig:
     checkpoint_layers: int = 0  # the first N blocks recompute activations in backward (less memory, ~+1/3 compute)
     auto_micro_batch: bool = False  # CUDA: use the largest micro_batch (<= micro_batch) that fits; accumulate the rest
 
-    @property
-    def grad_accum(self) -> int:
-        return self.batch_size // self.micro_batch
-
 
 @dataclass
 class DataConfig:

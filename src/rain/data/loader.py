@@ -44,10 +44,6 @@ class WindowLoader:
         batch = torch.from_numpy(np.stack(rows).astype(np.int64))
         return batch[:, :-1], batch[:, 1:]
 
-    def epoch(self) -> int:
-        """The epoch the next sample comes from."""
-        return (self.consumed * self.world + self.rank) // self.windows_per_epoch()
-
     def state_dict(self) -> dict:
         return {"consumed": self.consumed, "seed": self.seed, "seq_len": self.seq_len, "world": self.world,
                 "windows": self.windows_per_epoch()}
@@ -60,24 +56,6 @@ class WindowLoader:
                 raise RainError(f"cannot resume the data loader: its {key} was {state[key]}, now {self.state_dict()[key]} "
                                 f"(resume with the same data and settings, or start a new run)")
         self.consumed = int(state["consumed"]) * int(state.get("world", self.world)) // self.world
-
-
-def sequential_batches(shards: list[np.ndarray], seq_len: int, batch_size: int, max_batches: int):
-    """Fixed, in-order windows (validation): the same tokens at every evaluation."""
-    rows = []
-    for shard in shards:
-        for start in range(0, len(shard) - seq_len, seq_len):
-            rows.append(shard[start : start + seq_len + 1])
-            if len(rows) == batch_size:
-                batch = torch.from_numpy(np.stack(rows).astype(np.int64))
-                yield batch[:, :-1], batch[:, 1:]
-                rows = []
-                max_batches -= 1
-                if max_batches <= 0:
-                    return
-    if rows:
-        batch = torch.from_numpy(np.stack(rows).astype(np.int64))
-        yield batch[:, :-1], batch[:, 1:]
 
 
 def document_ids(tokens: torch.Tensor, eot_id: int) -> torch.Tensor:

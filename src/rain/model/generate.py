@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -63,10 +63,6 @@ def stream(
         logits = model(torch.tensor([[token]], device=device), cache=cache)[:, -1]
 
 
-def generate(model: Transformer, prompt: list[int], on_token: Callable[[int], None] | None = None, **kwargs) -> list[int]:
-    out = []
-    for token in stream(model, prompt, **kwargs):
-        out.append(token)
-        if on_token is not None:
-            on_token(token)
-    return out
+def generate(model: Transformer, prompt: list[int], **kwargs) -> list[int]:
+    """All of `stream`'s tokens as a list."""
+    return list(stream(model, prompt, **kwargs))
