@@ -65,6 +65,7 @@ class Attention(nn.Module):
         self.o = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=False)
         self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.sdpa_gqa = SDPA_GQA  # False: K/V heads repeated before SDPA (what `rain bench --disable sdpa-gqa` times)
 
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
@@ -86,7 +87,7 @@ class Attention(nn.Module):
                 if T > 1:  # a chunk after a prefix: token i sees the prefix and chunk tokens <= i
                     mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
         gqa = self.n_kv_head != self.n_head
-        if gqa and (mask is not None or not SDPA_GQA):  # the masked (memory-efficient) kernel takes no GQA
+        if gqa and (mask is not None or not self.sdpa_gqa):  # the masked (memory-efficient) kernel takes no GQA
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             gqa = False
