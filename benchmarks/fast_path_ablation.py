@@ -15,8 +15,7 @@ import statistics
 import sys
 
 from rain.config import load_config
-from rain.train.bench import device_name, measure
-from rain.train.commands import FAST_PATH, PRECISIONS
+from rain.train.benchmark import FAST_PATH, PRECISIONS, device_name, measure
 from rain.runtime import pick_device
 
 

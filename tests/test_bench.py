@@ -7,8 +7,9 @@ import torch
 
 from rain.cli import main
 from rain.config import load_config
-from rain.model import Transformer
-from rain.train import bench, trainer
+from rain.errors import RainError
+from rain.model import Transformer, transformer
+from rain.train import benchmark, commands, trainer
 from rain.train.trainer import Prefetcher, train
 from tests.conftest import assert_same_run, small_model_config, tiny_run_config
 
@@ -26,7 +27,7 @@ MOE = ["model.n_experts=4", "model.experts_per_token=2", "model.expert_d_ff=48"]
 @pytest.mark.parametrize("extra, hf_model", [([], "Qwen3ForCausalLM"), (MOE, "Qwen3MoeForCausalLM")])
 def test_bench_times_rain_and_transformers_of_the_same_shape(extra, hf_model):
     cfg = load_config("tiny", SMALL + extra)
-    r = bench.bench(cfg, micro_batch=2, precision="fp32", compile_model=False, steps=2, warmup=1, log=quiet)
+    r = benchmark.bench(cfg, micro_batch=2, precision="fp32", compile_model=False, steps=2, warmup=1, log=quiet)
     rain, hf = r["rain"], r["transformers"]
     assert hf["model"] == hf_model and rain["parameters"] == hf["parameters"]
     assert rain["flops_per_token"] == hf["flops_per_token"]
@@ -70,16 +71,78 @@ def test_bench_follows_a_preset_that_asks_for_auto_micro_batch(capsys):
     assert r["micro_batch"] == 2 and "micro_batch_probe" in r  # a CPU has no memory to probe: the preset's value
 
 
+def spy_on_trainer_steps(monkeypatch) -> list:
+    """Record, for each Trainer.step call, the model and optimizer it steps."""
+    calls, real_step = [], trainer.Trainer.step
+
+    def step(self):
+        calls.append((type(self.model).__name__, type(self.optimizer).__name__,
+                      {p.dtype for p in self.model.parameters()}))
+        return real_step(self)
+
+    monkeypatch.setattr(trainer.Trainer, "step", step)
+    return calls
+
+
+def test_bench_times_the_trainers_own_step_for_both_models(monkeypatch):
+    calls = spy_on_trainer_steps(monkeypatch)
+    cfg = load_config("tiny", SMALL)
+    benchmark.bench(cfg, micro_batch=2, precision="fp32", compile_model=False, steps=2, warmup=1, log=quiet)
+    assert [c[0] for c in calls] == ["Transformer"] * 3 + ["TransformersLoss"] * 3  # warm-up + timed, each
+    calls.clear()
+    benchmark.bench(cfg, micro_batch=2, precision="bf16-master", compile_model=False, steps=1, warmup=0,
+                    compare_hf=False, log=quiet)
+    assert calls == [("Transformer", "MasterWeights", {torch.bfloat16})]
+
+
+def test_disabling_sdpa_gqa_switches_the_benched_model_not_the_module(monkeypatch):
+    seen, real_forward = [], transformer.Attention.forward
+
+    def forward(self, *args, **kwargs):
+        seen.append((transformer.SDPA_GQA, self.sdpa_gqa))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformer.Attention, "forward", forward)
+    cfg = load_config("tiny", SMALL)  # 4 query heads over 2 K/V heads
+    default = transformer.SDPA_GQA
+    benchmark.measure("rain", cfg, torch.device("cpu"), "fp32", False, 2, steps=1, warmup=0, disable={"sdpa-gqa"})
+    assert seen and set(seen) == {(default, False)}  # the module's default untouched while bench runs
+    assert transformer.Attention(cfg.model).sdpa_gqa == default
+
+
+def test_every_fast_path_part_can_be_switched_off_and_typos_are_refused():
+    cfg = load_config("tiny", SMALL)
+    r = benchmark.bench(cfg, micro_batch=2, precision="fp32", compile_model=False, steps=1, warmup=1,
+                        compare_hf=False, disable=benchmark.FAST_PATH, log=quiet)
+    assert r["disabled"] == sorted(benchmark.FAST_PATH) and abs(r["rain"]["final_loss"] - math.log(512)) < 0.5
+    with pytest.raises(RainError, match="--disable 'prefetc' must be one of chunked-loss"):
+        benchmark.measure("rain", cfg, torch.device("cpu"), "fp32", False, 2, steps=1, warmup=0, disable={"prefetc"})
+
+
+def test_the_cli_offers_exactly_the_precisions_and_parts_bench_knows():
+    # commands spells them again so that parsing loads no torch
+    assert commands.PRECISIONS == tuple(benchmark.PRECISIONS) and commands.FAST_PATH == benchmark.FAST_PATH
+
+
+def test_the_full_logits_ablation_computes_the_same_loss():
+    torch.manual_seed(0)
+    chunked = Transformer(small_model_config())
+    full = benchmark.FullLogitsTransformer(small_model_config())
+    full.load_state_dict(chunked.state_dict())
+    x, y = torch.randint(0, 512, (2, 32)), torch.randint(0, 512, (2, 32))
+    assert torch.allclose(full(x, y), chunked(x, y), atol=1e-5)
+
+
 def test_master_weights_keep_fp32_copies_and_write_bf16_back():
     torch.manual_seed(0)
     model = Transformer(small_model_config())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    mw = bench.MasterWeights(model, lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))
+    mw = benchmark.MasterWeights(model, lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert model.rope_cos.dtype == torch.float32
     x = torch.randint(0, 512, (2, 33))
     model(x[:, :-1], x[:, 1:]).backward()
-    mw.step(grad_clip=1.0)
+    mw.step()
     for (name, p), m in zip(model.named_parameters(), mw.master.parameters()):
         assert m.dtype == torch.float32 and torch.equal(p, m.to(torch.bfloat16)) and p.grad is None
         assert not torch.equal(m, before[name])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from rain.config import TrainConfig, load_config
 from rain.model import Transformer
 from rain.model.transformer import linear_cross_entropy
-from rain.train import bench
+from rain.train import benchmark, micro_batch
 from rain.train.optim import build_optimizer
 from tests.conftest import small_model_config
 
@@ -98,7 +98,7 @@ def test_training_attention_runs_on_the_flash_kernel():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             model(x, y).backward()
 
-    assert "flash" in bench.attention_kernels(step)
+    assert "flash" in benchmark.attention_kernels(step)
 
 
 def test_chunked_loss_matches_full_logits_in_bf16():
@@ -130,7 +130,7 @@ def test_fused_adamw_and_muon_build_and_step_on_cuda():
 
 @pytest.mark.parametrize("optimizer, moe", [("adamw", False), ("muon", False), ("adamw", True)])
 def test_a_training_step_never_waits_for_the_gpu(optimizer, moe):
-    from rain.train.bench import SyntheticTokens
+    from rain.train.benchmark import SyntheticTokens
     from rain.train.trainer import Prefetcher
 
     cfg = small_model_config(**(MOE if moe else {}))
@@ -161,7 +161,7 @@ def test_a_training_step_never_waits_for_the_gpu(optimizer, moe):
 
 def test_bench_on_cuda_reports_memory_kernels_and_mfu_fields():
     cfg = load_config("tiny", ["model.n_layer=2", "train.device='cuda'"])
-    r = bench.bench(cfg, micro_batch=4, precision="bf16", compile_model=False, steps=3, warmup=1, log=lambda *_: None)
+    r = benchmark.bench(cfg, micro_batch=4, precision="bf16", compile_model=False, steps=3, warmup=1, log=lambda *_: None)
     for kind in ("rain", "transformers"):
         assert r[kind]["peak_memory_gb"] > 0 and r[kind]["attention_kernels"]
     assert r["speedup_vs_transformers"] > 0
@@ -170,8 +170,8 @@ def test_bench_on_cuda_reports_memory_kernels_and_mfu_fields():
 def test_auto_micro_batch_probe_on_cuda_respects_the_budget():
     cfg = load_config("tiny", ["train.device='cuda'", "train.batch_size=32", "train.micro_batch=32"])
     device = torch.device("cuda")
-    peak = bench.cuda_step_peak(cfg, device)
+    peak = micro_batch.cuda_step_peak(cfg, device)
     small, large = peak(2), peak(8)
     assert small is not None and large is not None and large > small
-    choice = bench.fit_micro_batch(cfg, device, peak_bytes=peak, budget=(small + large) / 2, log=lambda *_: None)
+    choice = micro_batch.fit_micro_batch(cfg, device, peak_bytes=peak, budget=(small + large) / 2, log=lambda *_: None)
     assert 2 <= choice < 8

@@ -8,7 +8,7 @@ from rain.config import RunConfig, load_config
 from rain.errors import RainError
 from rain.model import Transformer
 from rain.model.transformer import linear_cross_entropy
-from rain.train import bench
+from rain.train import micro_batch
 from rain.train.trainer import train
 from tests.conftest import small_model_config, tiny_run_config
 
@@ -90,12 +90,12 @@ def test_model_loss_equals_cross_entropy_of_its_logits_under_bf16_autocast():
 def test_largest_fitting_takes_the_biggest_micro_batch_within_the_budget():
     gb = 1e9
     fake_peak = lambda b: None if b >= 32 else (2 + 1.5 * b) * gb  # 32 and up: out of memory
-    choice, tried = bench.largest_fitting([64, 32, 16, 8, 4, 2, 1], fake_peak, budget=24 * gb, log=lambda *_: None)
+    choice, tried = micro_batch.largest_fitting([64, 32, 16, 8, 4, 2, 1], fake_peak, budget=24 * gb, log=lambda *_: None)
     assert choice == 8 and list(tried) == [64, 32, 16, 8]
-    choice, _ = bench.largest_fitting([64, 32, 16, 8, 4, 2, 1], fake_peak, budget=80 * gb, log=lambda *_: None)
+    choice, _ = micro_batch.largest_fitting([64, 32, 16, 8, 4, 2, 1], fake_peak, budget=80 * gb, log=lambda *_: None)
     assert choice == 16
     with pytest.raises(RainError, match="not even a micro-batch of 1"):
-        bench.largest_fitting([4, 2, 1], fake_peak, budget=1 * gb, log=lambda *_: None)
+        micro_batch.largest_fitting([4, 2, 1], fake_peak, budget=1 * gb, log=lambda *_: None)
 
 
 def test_auto_micro_batch_divides_the_batch_per_process():
@@ -103,12 +103,12 @@ def test_auto_micro_batch_divides_the_batch_per_process():
     cfg.train.batch_size, cfg.train.micro_batch = 24, 24
     peak = lambda b: b * 1e9
     device = torch.device("cpu")
-    assert bench.fit_micro_batch(cfg, device, peak_bytes=peak, budget=10e9, log=lambda *_: None) == 8
-    assert bench.fit_micro_batch(cfg, device, world=2, peak_bytes=peak, budget=10e9, log=lambda *_: None) == 6
+    assert micro_batch.fit_micro_batch(cfg, device, peak_bytes=peak, budget=10e9, log=lambda *_: None) == 8
+    assert micro_batch.fit_micro_batch(cfg, device, world=2, peak_bytes=peak, budget=10e9, log=lambda *_: None) == 6
     cfg.train.micro_batch = 4  # never above the configured micro-batch
-    assert bench.fit_micro_batch(cfg, device, peak_bytes=peak, budget=10e9, log=lambda *_: None) == 4
+    assert micro_batch.fit_micro_batch(cfg, device, peak_bytes=peak, budget=10e9, log=lambda *_: None) == 4
     # nothing to measure on a CPU: the configured micro-batch stays
-    assert bench.fit_micro_batch(cfg, device, log=lambda *_: None) == 4
+    assert micro_batch.fit_micro_batch(cfg, device, log=lambda *_: None) == 4
 
 
 def test_trainer_uses_the_micro_batch_that_fits(tiny_data, tmp_path, monkeypatch):
@@ -118,9 +118,10 @@ def test_trainer_uses_the_micro_batch_that_fits(tiny_data, tmp_path, monkeypatch
         picked["max"] = cfg.train.micro_batch
         return 1
 
-    monkeypatch.setattr(bench, "fit_micro_batch", fake_fit)
+    monkeypatch.setattr(micro_batch, "fit_micro_batch", fake_fit)
     cfg = tiny_run_config(tiny_data, max_steps=2, eval_every=2, checkpoints=0, auto_micro_batch=True, checkpoint_layers=1)
     summary = train(cfg, tmp_path / "run", log=lambda *_: None)
     assert picked == {"max": 2} and summary["steps"] == 2
+    assert summary["micro_batch"] == 1  # 4 accumulation steps of the fitted micro-batch
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
-    assert saved["micro_batch"] == 1 and saved["batch_size"] == 4  # 4 accumulation steps
+    assert saved["micro_batch"] == 2 and saved["batch_size"] == 4  # the config keeps what was asked

@@ -1,16 +1,19 @@
 """`rain bench`: the speed of rain's training step against transformers' Qwen3/Llama of the same shape, on
 synthetic tokens with the same optimizer and settings: tokens/s, MFU, the step time split, peak memory; JSON
-for scripts. Also the micro-batch probe behind `--micro-batch auto` and `train.auto_micro_batch`."""
+for scripts. Both models are driven through the Trainer's own step() (rain.train.trainer), so what is timed is
+what `rain train` runs. The micro-batch probe behind `--micro-batch auto` is rain.train.micro_batch."""
 
 from __future__ import annotations
 
 import copy
 import ctypes
+import dataclasses
 import gc
-import math
 import platform
 import statistics
+import tempfile
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -18,36 +21,75 @@ import torch.nn.functional as F
 
 from rain.config import RunConfig
 from rain.errors import RainError
-from rain.model import transformer
-from rain.model.transformer import Transformer
-from rain.runtime import autocast_for, enable_tf32, pick_device
-from rain.train.commands import PRECISIONS
-from rain.train.metrics import flops_per_token, peak_flops
+from rain.model.transformer import Attention, Transformer
+from rain.runtime import enable_tf32, pick_device
+from rain.train.micro_batch import GB, cuda_step_peak, fit_micro_batch, free_memory
 from rain.train.optim import build_optimizer
-from rain.train.trainer import Prefetcher
+from rain.train.trainer import Trainer, quiet_gc
 
+# --precision: the Trainer's train.dtype (autocast or not) and whether the weights themselves are bf16.
+# bf16: autocast over fp32 weights; bf16-master: bf16 weights with fp32 master copies in the optimizer.
+PRECISIONS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16-master": ("fp32", True)}
+# Parts of rain's fast path that --disable switches off, to measure what each gives.
+FAST_PATH = ("chunked-loss", "sdpa-gqa", "prefetch", "gc-pause")
 ATTENTION_KERNELS = {"flash": ("flash",), "cudnn": ("cudnn",), "mem-efficient": ("fmha", "efficient", "cutlass")}
-GB = 1e9
 
 
 class SyntheticTokens:
-    """Uniformly random tokens behind the trainer's data interface."""
+    """Uniformly random tokens behind the trainer's data interface (TrainData); no tokenizer, no validation."""
+
+    tokenizer_path = None
+    tokenizer = None
 
     def __init__(self, vocab: int, batch: int, seq_len: int, seed: int = 0):
-        self.vocab, self.batch, self.seq_len = vocab, batch, seq_len
+        self.vocab, self.micro_batch, self.seq_len = vocab, batch, seq_len
         self.gen = torch.Generator().manual_seed(seed)
 
     def next_batch(self):
-        tokens = torch.randint(0, self.vocab, (self.batch, self.seq_len + 1), generator=self.gen)
+        tokens = torch.randint(0, self.vocab, (self.micro_batch, self.seq_len + 1), generator=self.gen)
         return tokens[:, :-1], tokens[:, 1:], None
+
+    def val_batches(self):
+        return iter(())
+
+    def val_sources(self) -> list[str]:
+        return []
+
+    def val_counts(self) -> dict:
+        return {None: (0, 0)}
 
     def state_dict(self) -> dict:
         return {}
 
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"data": "synthetic tokens"}
+
+
+class PageableBatches:
+    """Batches copied from pageable memory when the step asks for them: rain's loop before pinned-memory
+    prefetch (`--disable prefetch`), in place of the Trainer's Prefetcher."""
+
+    def __init__(self, data: SyntheticTokens, device: torch.device):
+        self.data, self.device = data, device
+
+    def next_batch(self):
+        return tuple(None if b is None else b.to(self.device, non_blocking=True) for b in self.data.next_batch())
+
+    def state_dict(self) -> dict:
+        return self.data.state_dict()
+
 
 class MasterWeights:
-    """bf16 weights in the model, fp32 master copies in the optimizer: step() moves the grads onto the
-    masters, clips, steps and writes the result back in bf16."""
+    """bf16 weights in the model, fp32 master copies in the optimizer, behind the optimizer interface the Trainer's
+    step uses (param_groups, step, zero_grad): the Trainer clips the bf16 grads, step() moves them onto the
+    masters, steps and writes the result back in bf16.
+
+    A bench-only path: the Trainer has no bf16-weights mode because its checkpoints hold the model's weights and
+    its optimizer's state, and the fp32 masters would be in neither (a resume would round them to bf16). bench
+    never saves, so it puts this in place of its Trainer's optimizer (see bench_trainer)."""
 
     def __init__(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]):
         self.master = copy.deepcopy(model)
@@ -55,17 +97,20 @@ class MasterWeights:
             p.data = p.data.to(torch.bfloat16)
         self.params, self.masters = list(model.parameters()), list(self.master.parameters())
         self.optimizer = make_optimizer(self.master)
-        self.param_groups = self.optimizer.param_groups
+        self.param_groups = self.optimizer.param_groups  # the Trainer's LR schedule sets these
 
     @torch.no_grad()
-    def step(self, grad_clip: float) -> None:
+    def step(self) -> None:
         for p, m in zip(self.params, self.masters):
             m.grad = None if p.grad is None else p.grad.float()
             p.grad = None
-        torch.nn.utils.clip_grad_norm_(self.masters, grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         torch._foreach_copy_(self.params, self.masters)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
 
 
 def hf_model(cfg: RunConfig) -> torch.nn.Module:
@@ -86,32 +131,34 @@ def hf_model(cfg: RunConfig) -> torch.nn.Module:
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
-def build(kind: str, cfg: RunConfig, device: torch.device, precision: str, compile_model: bool,
-          disable: frozenset = frozenset()):
-    """(model, the optimizer or MasterWeights, the loss of (x, y))."""
-    t = cfg.train
-    if kind == "rain":
-        model = Transformer(cfg.model)
-        model.checkpoint_layers = t.checkpoint_layers
-    else:
-        model = hf_model(cfg)
-        if t.checkpoint_layers:
-            model.gradient_checkpointing_enable({"use_reentrant": False})
-    model.to(device).train()
-    if precision == "bf16-master":
-        optimizer = MasterWeights(model, lambda m: build_optimizer(m, t, device.type))
-    else:
-        optimizer = build_optimizer(model, t, device.type)
-    if kind == "rain" and "chunked-loss" in disable:
-        def loss_of(x, y):  # full logits upcast to fp32: rain's loss before the chunked one
-            return F.cross_entropy(model(x).float().flatten(0, 1), y.flatten())
-    elif kind == "rain":
-        def loss_of(x, y):
-            return model(x, y)
-    else:
-        def loss_of(x, y):  # transformers shifts the labels itself (the last position has no target)
-            return model(input_ids=x, labels=x).loss
-    return model, optimizer, torch.compile(loss_of) if compile_model else loss_of
+class TransformersLoss(torch.nn.Module):
+    """A transformers causal LM behind the call the Trainer makes, model(x, y, doc_ids=) -> loss. transformers
+    shifts the labels itself, so it is given x (its last position has no target), as its own training does."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    @property
+    def lm_head(self) -> torch.nn.Module:  # where build_optimizer finds an untied output head (Muon leaves it to AdamW)
+        return self.lm.lm_head
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x, y, doc_ids=None):
+        return self.lm(input_ids=x, labels=x).loss
+
+
+class FullLogitsTransformer(Transformer):
+    """rain's model with its loss from before the chunked one (`--disable chunked-loss`): the full logits, upcast
+    to fp32, into F.cross_entropy."""
+
+    def forward(self, idx, targets=None, doc_ids=None, **kwargs):
+        logits = super().forward(idx, doc_ids=doc_ids, **kwargs)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 class Clock:
@@ -135,6 +182,24 @@ class Clock:
             return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
         per_step = [[gap(a, b) for a, b in zip(marks, marks[1:])] for marks in self.steps]
         return [statistics.fmean(col) for col in zip(*per_step)]
+
+
+class TimedTrainer(Trainer):
+    """The Trainer, marking its clock as each phase of step() ends (data, forward+backward); bench marks the
+    start and the end (the optimizer's phase: clipping, the update, zeroing the grads)."""
+
+    def __init__(self, *args, clock: Clock, **kwargs):
+        self.clock = clock
+        super().__init__(*args, **kwargs)
+
+    def phase_done(self, phase: str) -> None:
+        self.clock.mark()
+
+    def timed_step(self) -> None:
+        self.clock.steps.append([])
+        self.clock.mark()
+        self.step()
+        self.clock.mark()
 
 
 def reset_peak_rss() -> bool:
@@ -172,80 +237,96 @@ def attention_kernels(run: Callable[[], None]) -> list[str]:
     return [k for k, pats in ATTENTION_KERNELS.items() if any(p in n for n in names for p in pats)] or ["math"]
 
 
+def check_options(precision: str, disable) -> None:
+    if precision not in PRECISIONS:
+        raise RainError(f"--precision {precision!r} must be one of {', '.join(PRECISIONS)}")
+    unknown = sorted(set(disable) - set(FAST_PATH))
+    if unknown:
+        raise RainError(f"--disable {unknown[0]!r} must be one of {', '.join(FAST_PATH)}")
+
+
+def step_config(cfg: RunConfig, device: torch.device, precision: str, compile_model: bool, micro_batch: int,
+                seed: int) -> RunConfig:
+    """cfg as the Trainer that bench drives takes it: one micro-batch per step (no accumulation), the precision's
+    autocast, and the peak learning rates throughout (a schedule's values change no step's cost)."""
+    train = dataclasses.replace(cfg.train, device=str(device), dtype=PRECISIONS[precision][0], compile=compile_model,
+                                batch_size=micro_batch, micro_batch=micro_batch, auto_micro_batch=False, seed=seed,
+                                warmup=0, schedule="constant", muon_warmup=0, muon_schedule="constant")
+    return dataclasses.replace(cfg, train=train)
+
+
+def bench_trainer(kind: str, cfg: RunConfig, run_dir: str, precision: str, disable: frozenset) -> TimedTrainer:
+    """A Trainer on synthetic tokens for rain's model or transformers' (kind), with the fast-path parts in
+    `disable` switched off on it and, for bf16-master, bf16 weights with fp32 masters (see MasterWeights)."""
+    torch.manual_seed(cfg.train.seed)
+    model = None
+    if kind == "transformers":
+        model = TransformersLoss(hf_model(cfg))
+        if cfg.train.checkpoint_layers:
+            model.lm.gradient_checkpointing_enable({"use_reentrant": False})
+    elif "chunked-loss" in disable:
+        model = FullLogitsTransformer(cfg.model)
+    data = SyntheticTokens(cfg.model.vocab_size, cfg.train.micro_batch, cfg.model.context, cfg.train.seed)
+    # The Trainer logs only schedule warnings here, about settings bench chose (step_config).
+    trainer = TimedTrainer(cfg, run_dir, data=data, model=model, clock=Clock(pick_device(cfg.train.device)),
+                           log=lambda *_: None)
+    trainer.model.train()
+    if "sdpa-gqa" in disable:  # K/V heads repeated for SDPA, on this model only
+        for module in trainer.model.modules():
+            if isinstance(module, Attention):
+                module.sdpa_gqa = False
+    if "prefetch" in disable:
+        trainer.batches = PageableBatches(data, trainer.device)
+    if PRECISIONS[precision][1]:
+        trainer.optimizer = MasterWeights(trainer.model, lambda m: build_optimizer(m, cfg.train, trainer.device.type))
+    return trainer
+
+
 def measure(kind: str, cfg: RunConfig, device: torch.device, precision: str, compile_model: bool,
             micro_batch: int, steps: int, warmup: int, seed: int = 0, disable: frozenset = frozenset()) -> dict:
-    """Time `steps` training steps of one micro-batch each after `warmup` untimed ones."""
-    disable = disable if kind == "rain" else frozenset()
-    torch.manual_seed(seed)
-    gqa_before = transformer.SDPA_GQA
-    transformer.SDPA_GQA = gqa_before and "sdpa-gqa" not in disable
-    try:
-        return _measure(kind, cfg, device, precision, compile_model, micro_batch, steps, warmup, seed, disable)
-    finally:
-        transformer.SDPA_GQA = gqa_before
+    """Time `steps` Trainer steps of one micro-batch each after `warmup` untimed ones."""
+    check_options(precision, disable)
+    disable = frozenset(disable) if kind == "rain" else frozenset()
+    cfg = step_config(cfg, device, precision, compile_model, micro_batch, seed)
+    with tempfile.TemporaryDirectory(prefix="rain-bench-") as run_dir:  # the Trainer's run folder; nothing is saved
+        trainer = bench_trainer(kind, cfg, run_dir, precision, disable)
+        result = time_steps(trainer, steps, warmup, gc_pause="gc-pause" not in disable)
+    del trainer
+    free_memory(device)
+    return result
 
 
-def _measure(kind, cfg, device, precision, compile_model, micro_batch, steps, warmup, seed, disable) -> dict:
-    t, m = cfg.train, cfg.model
-    model, optimizer, loss_of = build(kind, cfg, device, precision, compile_model, disable)
-    autocast = autocast_for(device, "bf16" if precision == "bf16" else "fp32")
-    batches = Prefetcher(SyntheticTokens(m.vocab_size, micro_batch, m.context, seed), device)
-    if "prefetch" in disable:  # pageable memory, copied when needed (rain's loop before)
-        source = batches.data
-        batches.next_batch = lambda: tuple(None if b is None else b.to(device, non_blocking=True)
-                                           for b in source.next_batch())
-    clip = t.grad_clip if t.grad_clip > 0 else math.inf
-    params = [p for p in model.parameters()]
-    clock = Clock(device)
-
-    def step() -> torch.Tensor:
-        clock.steps.append([])
-        clock.mark()
-        x, y, _ = batches.next_batch()
-        clock.mark()
-        with autocast:
-            loss = loss_of(x, y)
-        loss.backward()
-        clock.mark()
-        if isinstance(optimizer, MasterWeights):
-            optimizer.step(clip)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        clock.mark()
-        return loss.detach()
-
+def time_steps(trainer: TimedTrainer, steps: int, warmup: int, gc_pause: bool) -> dict:
+    device = trainer.device
     gc.collect()
-    if "gc-pause" not in disable:
-        gc.disable()
-    try:
+    with quiet_gc() if gc_pause else nullcontext():  # as Trainer.fit keeps the GC out of its steps
         for _ in range(warmup):
-            step()
-        kernels = attention_kernels(step) if device.type == "cuda" else None
+            trainer.timed_step()
+        kernels = attention_kernels(trainer.timed_step) if device.type == "cuda" else None
         synchronize(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rss = device.type == "cpu" and reset_peak_rss()
-        clock.steps.clear()
+        trainer.clock.steps.clear()
         start = time.perf_counter()
-        losses = [step() for _ in range(steps)]
+        for i in range(steps):
+            if i == steps - 1:  # the loss the report gives is the last step's
+                trainer.loss_sum.zero_()
+            trainer.timed_step()
         synchronize(device)
         wall = time.perf_counter() - start
-    finally:
-        gc.enable()
-    data_ms, fwd_bwd_ms, opt_ms = clock.phases_ms()
-    n_params = sum(p.numel() for p in model.parameters())
-    fpt = flops_per_token(m, n_params)
-    tok_s = steps * micro_batch * m.context / wall
-    peak = peak_flops(device)
+    data_ms, fwd_bwd_ms, opt_ms = trainer.clock.phases_ms()
+    model = trainer.model
+    tok_s = steps * trainer.tokens_per_step / wall
+    fpt, peak = trainer.flops_per_token, trainer.peak_flops
     result = {
-        "model": type(model).__name__, "parameters": n_params, "flops_per_token": fpt,
+        "model": type(model.lm).__name__ if isinstance(model, TransformersLoss) else Transformer.__name__,
+        "parameters": trainer.n_params, "flops_per_token": fpt,
         "tokens_per_s": round(tok_s, 1), "flops_per_s": round(tok_s * fpt, 1),
         "mfu": round(tok_s * fpt / peak, 4) if peak else None,
         "step_ms": round(wall / steps * 1e3, 2),
         "split_ms": {"forward_backward": round(fwd_bwd_ms, 2), "optimizer": round(opt_ms, 2), "data": round(data_ms, 2)},
-        "final_loss": round(float(losses[-1]), 4),
+        "final_loss": round(float(trainer.loss_sum), 4),
     }
     if device.type == "cuda":
         result["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / GB, 3)
@@ -253,85 +334,7 @@ def _measure(kind, cfg, device, precision, compile_model, micro_batch, steps, wa
         result["attention_kernels"] = kernels
     elif rss and peak_rss_bytes():
         result["peak_rss_gb"] = round(peak_rss_bytes() / GB, 3)  # the whole process, libraries included
-    del model, optimizer, loss_of, batches
-    free_memory(device)
     return result
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-# ---- micro-batch that fits ----------------------------------------------------------------------------
-
-def largest_fitting(candidates: list[int], peak_bytes: Callable[[int], float | None], budget: float,
-                    log=print) -> tuple[int, dict[int, float | None]]:
-    """Try micro-batches from the largest down; the first whose trial step peaks within budget wins.
-    peak_bytes(b) returns None when the trial runs out of memory. Returns (choice, {b: peak tried})."""
-    tried: dict[int, float | None] = {}
-    for b in sorted(set(candidates), reverse=True):
-        tried[b] = peak = peak_bytes(b)
-        log(f"  micro-batch {b}: " + ("out of memory" if peak is None else f"peak {peak / GB:.2f} GB"))
-        if peak is not None and peak <= budget:
-            return b, tried
-    raise RainError(f"not even a micro-batch of {min(candidates)} fits in {budget / GB:.1f} GB: shorten the "
-                    f"context, use a smaller model or set train.checkpoint_layers")
-
-
-def cuda_step_peak(cfg: RunConfig, device: torch.device) -> Callable[[int], float | None]:
-    """peak_bytes(b) for largest_fitting: one eager training step (model, grads, optimizer state, activations)
-    at micro-batch b; reserved memory, so the caching allocator's slack counts too."""
-    model = Transformer(cfg.model).to(device)
-    model.checkpoint_layers = cfg.train.checkpoint_layers
-    optimizer = build_optimizer(model, cfg.train, device.type)
-    autocast = autocast_for(device, cfg.train.dtype)
-
-    def peak(b: int) -> float | None:
-        free_memory(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        try:
-            x = torch.randint(0, cfg.model.vocab_size, (b, cfg.model.context), device=device)
-            with autocast:
-                loss = model(x, x)
-            loss.backward()
-            optimizer.step()
-            synchronize(device)
-            return torch.cuda.max_memory_reserved(device)
-        except torch.OutOfMemoryError:
-            return None
-        finally:
-            optimizer.zero_grad(set_to_none=True)
-
-    return peak
-
-
-def fit_micro_batch(cfg: RunConfig, device: torch.device, world: int = 1, log=print,
-                    peak_bytes: Callable[[int], float | None] | None = None, budget: float | None = None) -> int:
-    """The largest micro-batch <= train.micro_batch that divides the per-process batch and fits the device
-    (budget: 90% of its memory). Without CUDA (and no peak_bytes given) nothing can be measured: micro_batch."""
-    t = cfg.train
-    per_rank = t.batch_size // world
-    candidates = [b for b in range(min(t.micro_batch, per_rank), 0, -1) if per_rank % b == 0]
-    if peak_bytes is None and device.type != "cuda":
-        log(f"auto micro-batch: no memory to measure on {device.type}; keeping micro_batch {t.micro_batch}")
-        return t.micro_batch
-    peak_bytes = peak_bytes or cuda_step_peak(cfg, device)
-    if budget is None:
-        if device.type != "cuda":
-            raise RainError("auto micro-batch: give a memory budget to fit on a device without CUDA")
-        budget = 0.9 * torch.cuda.get_device_properties(device).total_memory
-    log(f"auto micro-batch: largest of {candidates} within {budget / GB:.1f} GB")
-    choice, _ = largest_fitting(candidates, peak_bytes, budget, log)
-    peak_bytes = None  # drop the probe's model before training builds its own
-    free_memory(device)
-    if world > 1 and torch.distributed.is_initialized():  # every rank must accumulate the same number of steps
-        agreed = torch.tensor([choice], device=device)
-        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
-        choice = int(agreed)
-    log(f"auto micro-batch: {choice} x {cfg.model.context} tokens, {per_rank // choice} accumulation step(s)")
-    return choice
 
 
 # ---- the command --------------------------------------------------------------------------------------
@@ -352,8 +355,7 @@ def bench(cfg: RunConfig, *, micro_batch: int | str, precision: str, compile_mod
           repeats: int = 1, compare_hf: bool = True, memory_gb: float | None = None, disable=(), log=print) -> dict:
     if steps < 1 or warmup < 0 or repeats < 1:
         raise RainError("--steps and --repeats must be at least 1, --warmup at least 0")
-    if precision not in PRECISIONS:
-        raise RainError(f"--precision {precision!r} must be one of {', '.join(PRECISIONS)}")
+    check_options(precision, disable)
     device = pick_device(cfg.train.device)
     enable_tf32(device)
     probe = None

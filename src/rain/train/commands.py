@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 # `rain demo --quick`: a third of the steps, for a slow or busy machine (the loss still falls clearly).
 QUICK_DEMO = ["train.max_steps=100", "train.eval_every=50", "train.warmup=10", "train.checkpoints=2"]
 DEMO_PROMPTS = ["def fibonacci(n):", "The Python standard library", "Q: What is 12 + 30?\nA:"]
-PRECISIONS = ("fp32", "bf16", "bf16-master")  # bf16: autocast over fp32 weights; bf16-master: bf16 weights
-# Parts of rain's fast path that --disable switches off, to measure what each gives.
+# `rain bench --precision` and `--disable` choices: the names of rain.train.benchmark's PRECISIONS and FAST_PATH
+# (what each means is there), spelled again here because parsing must not load torch; tests/test_bench.py checks
+# that the two agree.
+PRECISIONS = ("fp32", "bf16", "bf16-master")
 FAST_PATH = ("chunked-loss", "sdpa-gqa", "prefetch", "gc-pause")
 
 
@@ -152,7 +154,7 @@ def format_report(preset: str, r: dict) -> str:
 
 def cmd_bench(args) -> None:
     from rain.config import load_config
-    from rain.train.bench import bench
+    from rain.train.benchmark import bench
     from rain.runtime import pick_device
 
     overrides = list(args.set)
