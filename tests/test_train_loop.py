@@ -94,7 +94,7 @@ def test_a_signal_mid_step_stops_after_the_step_and_resumes_exactly(tiny_data, t
 
 
 def test_the_demo_and_its_quick_size_have_sound_schedules():
-    from rain.cli import demo_config
+    from rain.train.commands import demo_config
     from rain.train.trainer import schedule_warnings
 
     full, quick = demo_config(False, []), demo_config(True, [])
