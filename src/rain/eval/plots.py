@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rain.data.shards import write_atomic
+from rain.files import write_atomic
+from rain.train.metrics import human_tokens, tokens_axis
 
 TABLE_FILE, PLOT_FILE = "trends.md", "trends.png"
 # Chance accuracy: 4 choices for ARC (mostly) and HellaSwag, 2 for PIQA and WinoGrande.
@@ -36,15 +37,6 @@ def panel_of(row: dict) -> str:
 
 def baseline(row: dict) -> float | None:
     return RANDOM_BASELINE.get(row["task"]) if row["metric"] in ("acc", "acc_norm") else None
-
-
-def human_tokens(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return str(n)
 
 
 def _checkpoint_key(row: dict):
@@ -130,14 +122,6 @@ def trend_panels(rows: list[dict]) -> list[Panel]:
         if chance is not None and chance not in panel.baselines:
             panel.baselines.append(chance)
     return list(panels.values())
-
-
-def tokens_axis(ax) -> None:
-    """Label an x axis of tokens seen, with ticks as 10K, 2.5M, 1B rather than an offset in a corner."""
-    from matplotlib.ticker import FuncFormatter
-
-    ax.set_xlabel("tokens seen")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_tokens(int(v)) if v >= 0 else ""))
 
 
 def _draw(ax, panel: Panel) -> None:

@@ -116,7 +116,6 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rain.eval.plots import tokens_axis
 
     x = [r["tokens"] for r in train]
     y = [r["loss"] for r in train]
@@ -137,3 +136,20 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def human_tokens(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def tokens_axis(ax) -> None:
+    """Label an x axis of tokens seen, with ticks as 10K, 2.5M, 1B rather than an offset in a corner."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel("tokens seen")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_tokens(int(v)) if v >= 0 else ""))
