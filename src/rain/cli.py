@@ -22,8 +22,15 @@ COMMANDS = [
 ]
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A usage mistake is one line, like every other rain error (argparse prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"rain: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rain", description="Pretrain a small language model on one GPU: "
+    parser = OneLineErrors(prog="rain", description="Pretrain a small language model on one GPU: "
                                      "corpus -> tokenizer -> shards -> model -> checkpoints -> evaluation -> samples.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:

@@ -33,12 +33,32 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, args.set)
 
 
+def number(kind: type, allowed: str):
+    """An argparse `type` that accepts a finite `kind` (int or float) in the interval `allowed`, written as in
+    rain.config.RANGES (e.g. "[1, inf)"), so a bad number is a one-line error naming the option."""
+    from rain.config import _out_of_range  # standard library only
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        problem = _out_of_range("", value, allowed)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text} is {'not a finite number' if 'finite' in problem else 'outside ' + allowed}")
+        return value
+
+    return convert
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=80, help="new tokens per prompt (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=50, help="0 disables (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1 disables (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--max-tokens", type=number(int, "[1, inf)"), default=80,
+                   help="new tokens per prompt (default: %(default)s)")
+    p.add_argument("--temperature", type=number(float, "[0, inf)"), default=0.8, help="0 for greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=number(int, "[0, inf)"), default=50, help="0 disables (default: %(default)s)")
+    p.add_argument("--top-p", type=number(float, "(0, 1]"), default=0.95,
+                   help="nucleus sampling; 1 disables (default: %(default)s)")
+    p.add_argument("--seed", type=number(int, f"[0, {2**32 - 1}]"), default=0, help="sampling seed (default: %(default)s)")
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import re
 import tomllib
 import types
 import typing
@@ -96,6 +98,9 @@ class DataConfig:
     mixture: str = ""  # a mixture TOML (or a preset name in data/: rain-v2, cpt-mix); wins over paths
     workers: int = 0  # tokenising processes for `rain prepare` (0: one per CPU core)
     tokenizer_sample_bytes: int = 256_000_000  # text from the mixture (in its shares) to train the BPE on
+    # A longer record (file, line, JSON text...) is cut at whitespace into pieces of at most this many characters,
+    # each a document, so memory stays bounded whatever the input (0: no cap).
+    max_doc_chars: int = 1_000_000
 
 
 @dataclass
@@ -240,9 +245,48 @@ def config_from_dict(raw: dict[str, Any], origin: str = "config.json") -> RunCon
     return cfg
 
 
+# The allowed range of each number, an interval: ( or [ says whether the end is excluded or included. Every float
+# must also be finite: an inf or nan learning rate makes every step NaN.
+RANGES = {
+    "model.head_dim": "[0, inf)", "model.rope_theta": "(0, inf)", "model.norm_eps": "(0, 1)",
+    "model.init_std": "(0, inf)", "model.capacity_factor": "[0, inf)", "model.router_aux_coef": "[0, inf)",
+    "train.total_tokens": "[0, inf)", "train.max_steps": "[0, inf)", "train.lr": "(0, inf)",
+    "train.min_lr": "[0, inf)", "train.decay_frac": "[0, 1]", "train.weight_decay": "[0, inf)",
+    "train.beta1": "[0, 1)", "train.beta2": "[0, 1)", "train.eps": "(0, inf)", "train.grad_clip": "[0, inf)",
+    "train.seed": f"[0, {2**32 - 1}]", "train.eval_batches": "[1, inf)", "train.save_every": "[0, inf)",
+    "data.val_fraction": "[0, 0.5)", "data.shard_tokens": "[1, inf)", "data.max_docs": "[0, inf)",
+    "data.seed": f"[0, {2**32 - 1}]", "data.workers": "[0, inf)", "data.tokenizer_sample_bytes": "[1, inf)",
+    "data.max_doc_chars": "[0, inf)",
+}
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _out_of_range(name: str, value: float, allowed: str) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} = {value} must be a finite number in {allowed}"
+    low, high = (float(x) for x in allowed[1:-1].split(","))
+    below = value < low or (allowed[0] == "(" and value == low)
+    above = value > high or (allowed[-1] == ")" and value == high)
+    return f"{name} = {value} must be in {allowed}" if below or above else None
+
+
+def range_problems(cfg: RunConfig) -> list[str]:
+    """Every number outside its allowed range (RANGES), every non-finite float, and an unknown device."""
+    problems = []
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, section)):
+            name, value = f"{section}.{f.name}", getattr(getattr(cfg, section), f.name)
+            if isinstance(value, float) or name in RANGES:
+                problem = _out_of_range(name, value, RANGES.get(name, "(-inf, inf)"))
+                problems += [problem] if problem else []
+    if not DEVICE.fullmatch(cfg.train.device):
+        problems.append(f"train.device {cfg.train.device!r} must be auto, cpu, mps, cuda or cuda:N")
+    return problems
+
+
 def validate(cfg: RunConfig) -> None:
     m, t = cfg.model, cfg.train
-    problems = []
+    problems = range_problems(cfg)
     for name in ("vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "context"):
         if getattr(m, name) <= 0:
             problems.append(f"model.{name} must be positive")
@@ -280,7 +324,5 @@ def validate(cfg: RunConfig) -> None:
         problems.append("train.muon_lr must be positive, muon_warmup and muon_weight_decay >= 0, 0 <= muon_momentum < 1")
     if not 0 <= t.checkpoint_layers <= m.n_layer:
         problems.append(f"train.checkpoint_layers ({t.checkpoint_layers}) must be between 0 and model.n_layer ({m.n_layer})")
-    if not 0 <= cfg.data.val_fraction < 0.5:
-        problems.append("data.val_fraction must be in [0, 0.5)")
     if problems:
         raise RainError("invalid config: " + "; ".join(problems))
