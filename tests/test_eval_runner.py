@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from rain import checkpoint
 from rain.cli import main
 from rain.errors import RainError
 from rain.eval import runner
@@ -47,7 +48,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_checkpoints_found_once_per_step_in_token_order(run_dir):
-    found = runner.find_checkpoints(run_dir)
+    found = checkpoint.find_all(run_dir)
     assert [c.name for c in found] == ["step_0000002", "step_0000004"]
     assert [c.tokens for c in found] == [2 * 256 * 2, 4 * 256 * 2]
     assert runner.default_eval_dir(run_dir / "checkpoints" / "last") == run_dir / "eval"

@@ -14,10 +14,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
+from rain.checkpoint import load_hf_checkpoint  # noqa: E402
 from rain.config import ModelConfig  # noqa: E402
 from rain.data.tokenizer import IM_END, train_bpe  # noqa: E402
 from rain.errors import RainError  # noqa: E402
-from rain.export.hf import export_hf, load_hf_checkpoint  # noqa: E402
+from rain.export.hf import export_hf  # noqa: E402
 from rain.model import Transformer  # noqa: E402
 from rain.model.generate import generate  # noqa: E402
 from rain.posttrain.chat import CHAT_TEMPLATE  # noqa: E402

@@ -8,7 +8,7 @@ from rain.cli import main
 from rain.config import load_config
 from rain.model import Transformer
 from rain.model.moe import MoE, router_stats
-from rain.train import checkpoint as ckpt
+from rain import checkpoint as ckpt
 from rain.train.metrics import flops_per_token, read_metrics
 from rain.train.trainer import train
 from tests.conftest import assert_same_run, small_model_config, tiny_run_config
@@ -161,7 +161,7 @@ def test_moe_model_trains_resumes_exactly_and_exports_to_transformers(tiny_data,
     assert main(["export", str(tmp_path / "full"), str(tmp_path / "hf")]) == 0
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "Qwen3MoeForCausalLM" in card and "4 SwiGLU experts of size 48, each token routed to 2" in card
-    model, _ = ckpt.load_weights(ckpt.find_checkpoint(tmp_path / "full"), "cpu")
+    model, _ = ckpt.load_model(tmp_path / "full", "cpu")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     ids = torch.randint(0, model.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -5,7 +5,7 @@ import torch
 
 from rain.config import TrainConfig
 from rain.model import Transformer
-from rain.train import checkpoint as ckpt
+from rain import checkpoint as ckpt
 from rain.train.muon import Muon, orthogonalize
 from rain.train.optim import build_optimizer, lr_at, set_lr
 from rain.train.trainer import train

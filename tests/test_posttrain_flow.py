@@ -20,7 +20,7 @@ from rain.errors import RainError  # noqa: E402
 from rain.model.generate import generate  # noqa: E402
 from rain.posttrain.chat import CHAT_TEMPLATE, encode_prompt  # noqa: E402
 from rain.posttrain.sft import read_conversations, split_conversations  # noqa: E402
-from rain.train import checkpoint as ckpt  # noqa: E402
+from rain import checkpoint as ckpt  # noqa: E402
 from rain.train.data import PretrainData  # noqa: E402
 from rain.train.metrics import read_metrics  # noqa: E402
 from rain.train.trainer import build_model, train  # noqa: E402
@@ -97,7 +97,7 @@ def test_base_to_chat_model_to_transformers(tiny_data, tmp_path, capsys, monkeyp
     first_train = next(r for r in records if r["kind"] == "train")
     assert first_train["step"] == 1 and first_train["lr"] < 1e-3  # its own warm-up
     cpt_cfg = ckpt.load_config(tmp_path / "cpt/checkpoints/last")
-    base_model, _ = ckpt.load_weights(tmp_path / "base/checkpoints/last")
+    base_model, _ = ckpt.load_model(tmp_path / "base/checkpoints/last")
     assert abs(records[0]["val_loss"] - val_loss_of(base_model, cpt_cfg)) < 1e-4  # it started from the base weights
     state = json.loads((tmp_path / "cpt/checkpoints/last/state.json").read_text())
     assert state["init_from"] == str(tmp_path / "base") and state["data_dir"] == str(tmp_path / "mix")
@@ -125,7 +125,7 @@ def test_base_to_chat_model_to_transformers(tiny_data, tmp_path, capsys, monkeyp
     monkeypatch.setattr("sys.stdin", StringIO(f"{question}\n/exit\nnot read\n"))
     code, out, err = cli(["chat", tmp_path / "sft", "--temperature", "0", "--max-tokens", "40"], capsys)
     assert code == 0 and out.strip() and "<|im" not in out and "reply cut" not in err
-    model, cfg = ckpt.load_weights(sft_last)
+    model, cfg = ckpt.load_model(sft_last)
     tok = PretrainData(cpt_cfg).tokenizer
     stops = (tok.eot_id, tok.token_id(IM_END))
     prompt = encode_prompt(tok, [{"role": "user", "content": question}])

@@ -10,7 +10,7 @@ from rain.eval.probes import (
     completion_checks, corpus_word_counts, distinct_2, expected_ok, load_suite, longest_repeated_ngram,
     overused_words, probe_checkpoints, render_report, run_prompt_suite,
 )
-from rain.train.checkpoint import load_weights
+from rain.checkpoint import load_model
 from rain.train.trainer import train
 
 
@@ -128,7 +128,7 @@ def test_report_for_a_tiny_trained_model_is_reproducible(tiny_run, tiny_data, on
 
 
 def test_suite_runs_with_a_custom_suite_and_greedy_decoding(tiny_run, tiny_data, one_thread):
-    model, _ = load_weights(tiny_run / "checkpoints" / "last")
+    model, _ = load_model(tiny_run / "checkpoints" / "last")
     tok = Tokenizer.from_file(tiny_data / "tokenizer.json")
     suite = [{"id": "sum", "category": "basic", "prompt": "Q: What is 3 + 4?\nA:", "expected": ["7"],
               "match": "prefix"},

@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from rain import checkpoint
 from rain.cli import main
 from rain.data.tokenizer import IM_END, Tokenizer, train_bpe
 from rain.errors import RainError
 from rain.model import Transformer
 from rain.posttrain.chat import CHAT_TEMPLATE, encode_chat
 from rain.posttrain.commands import chat_loop, fit_history
-from rain.posttrain.sft import SFTData, checkpoint_chat_template, run_sft
+from rain.posttrain.sft import SFTData, run_sft
 from rain.train.trainer import train
 from tests.conftest import assert_same_run, small_model_config, tiny_run_config, train_losses
 
@@ -154,7 +155,7 @@ def test_sft_run_resumes_exactly_and_marks_a_chat_model(base, chat_file, tmp_pat
     assert_same_run(tmp_path / "broken", tmp_path / "straight")
 
     last = tmp_path / "straight/checkpoints/last"
-    assert checkpoint_chat_template(last) == CHAT_TEMPLATE and checkpoint_chat_template(base / "checkpoints/last") is None
+    assert checkpoint.read(last).chat_template == CHAT_TEMPLATE and checkpoint.find(base).chat_template is None
     state = json.loads((last / "state.json").read_text())
     assert Path(state["init_from"]) == (base / "checkpoints/last").resolve()
     config = json.loads((last / "config.json").read_text())

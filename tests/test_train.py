@@ -8,7 +8,7 @@ from rain.data import builtin
 from rain.data.prepare import prepare
 from rain.errors import RainError
 from rain.model import Transformer
-from rain.train import checkpoint as ckpt
+from rain import checkpoint as ckpt
 from rain.train.metrics import read_metrics
 from rain.train.trainer import train
 from tests.conftest import assert_same_run, tiny_run_config, train_losses

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rain.checkpoint import Checkpoint
 from rain.errors import RainError
 from rain.eval import memorisation, probes
-from rain.eval.runner import Checkpoint, Unit
+from rain.eval.runner import Unit
 
 
 def _completions_file(eval_dir: Path, ckpt: Checkpoint) -> Path:

@@ -11,10 +11,9 @@ import json
 import re
 from pathlib import Path
 
-from rain.config import RunConfig
-from rain.errors import RainError
-from rain.export.hf import ARCHITECTURES, hf_model_type
-from rain.train import checkpoint as ckpt
+from rain import checkpoint as ckpt
+from rain.checkpoint import Checkpoint, HFModel, MissingParent
+from rain.model.hf_weights import ARCHITECTURES, hf_model_type
 from rain.train.metrics import active_params
 
 
@@ -55,41 +54,18 @@ def _basenames(text: str) -> str:
     return " ".join(Path(word).name if re.search(r"[/\\]", word) else word for word in text.split(" "))
 
 
-def lineage(folder: Path) -> list[dict]:
-    """The checkpoint and its ancestors, oldest first: {"folder", "state", "config"} per rain checkpoint,
-    {"hf": path} for a Hugging Face starting point, {"missing": path} for a parent that is gone."""
-    stages, seen = [], set()
-    current: Path | None = Path(folder)
-    while current is not None and current.resolve() not in seen:
-        seen.add(current.resolve())
-        state = _read_json(current / "state.json")
-        stages.append({"folder": current, "state": state, "config": _read_json(current / "config.json")})
-        parent = state.get("init_from")
-        current = None
-        if parent:
-            parent_config = _read_json(Path(parent) / "config.json")
-            if "model_type" in parent_config:
-                stages.append({"hf": parent, "config": parent_config})
-            else:
-                try:
-                    current = ckpt.find_checkpoint(Path(parent))
-                except RainError:
-                    stages.append({"missing": parent})
-    return stages[::-1]
-
-
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _stage_kind(stage: dict) -> str:
-    state = stage["state"]
-    if "sft" in state:
+def _stage_kind(stage: Checkpoint) -> str:
+    if "sft" in stage.state:
         return "supervised fine-tuning for chat"
-    return "continued pretraining" if state.get("init_from") else "pretraining from scratch"
+    return "continued pretraining" if stage.parent else "pretraining from scratch"
 
 
-def _data_lines(state: dict) -> list[str]:
+def _data_lines(stage: Checkpoint) -> list[str]:
+    state = stage.state
     if "sft" in state:
         s = state["sft"]
         conv, skipped = s["conversations"], sum(s.get("skipped", {}).values())
@@ -99,7 +75,7 @@ def _data_lines(state: dict) -> list[str]:
                 f"held-out conversations ({s['tokens']['train']:,} tokens, {s['trained_tokens_per_epoch']:,} trained "
                 f"per epoch; {masked}). Skipped as unusable: {skipped:,}; longer than the context: "
                 f"{s.get('dropped_too_long', 0):,} dropped, {s.get('truncated', 0):,} truncated.", ""]
-    data_dir = state.get("data_dir")
+    data_dir = stage.data_dir
     manifest = _read_json(Path(data_dir) / "manifest.json") if data_dir else {}
     data_name = Path(data_dir).name if data_dir else "not recorded"
     if not manifest:
@@ -116,26 +92,24 @@ def _data_lines(state: dict) -> list[str]:
     return lines + [""]
 
 
-def _stage_section(i: int, stage: dict) -> list[str]:
-    if "hf" in stage:
-        arch = ", ".join(stage["config"].get("architectures") or [stage["config"].get("model_type", "?")])
-        return [f"### Stage {i}: initialised from the Hugging Face model `{_folder_name(stage['hf'])}` ({arch})", "",
-                "Its own training is described by its publisher, not here.", ""]
-    if "missing" in stage:
-        return [f"### Stage {i}: started from {public_name(stage['missing'])}", "",
+def _stage_section(i: int, stage: Checkpoint | HFModel | MissingParent) -> list[str]:
+    if isinstance(stage, HFModel):
+        return [f"### Stage {i}: initialised from the Hugging Face model `{_folder_name(stage.folder)}` "
+                f"({', '.join(stage.architectures)})", "", "Its own training is described by its publisher, not here.", ""]
+    if isinstance(stage, MissingParent):
+        return [f"### Stage {i}: started from {public_name(stage.path)}", "",
                 "That checkpoint is no longer available, so its training is not described here.", ""]
-    state, train = stage["state"], stage["config"].get("train", {})
-    lines = [f"### Stage {i}: {_stage_kind(stage)} ({public_name(stage['folder'])})", ""]
-    if state.get("init_from"):
-        lines += [f"Started from {public_name(state['init_from'])} with a fresh optimizer and learning-rate "
+    state, train = stage.state, stage.config.train
+    lines = [f"### Stage {i}: {_stage_kind(stage)} ({public_name(stage.folder)})", ""]
+    if stage.parent:
+        lines += [f"Started from {public_name(stage.parent)} with a fresh optimizer and learning-rate "
                   "schedule.", ""]
-    lines += _data_lines(state)
+    lines += _data_lines(stage)
     seconds = state.get("wall_seconds", 0)
-    lines.append(f"Training: {state.get('step', 0):,} steps, {state.get('tokens', 0):,} tokens seen (windows of "
-                 f"{stage['config'].get('model', {}).get('context', '?')} tokens, padding included), batch "
-                 f"{train.get('batch_size', '?')}, peak learning rate {train.get('lr', '?')}, schedule "
-                 f"{train.get('schedule', '?')}. Compute: {seconds / 3600:.2f} hours ({seconds:,.0f} s) on "
-                 f"{state.get('hardware') or 'hardware not recorded (train.device = ' + str(train.get('device', '?')) + ')'}.")
+    lines.append(f"Training: {stage.step or 0:,} steps, {stage.tokens or 0:,} tokens seen (windows of "
+                 f"{stage.config.model.context} tokens, padding included), batch {train.batch_size}, peak learning "
+                 f"rate {train.lr}, schedule {train.schedule}. Compute: {seconds / 3600:.2f} hours ({seconds:,.0f} s) "
+                 f"on {state.get('hardware') or 'hardware not recorded (train.device = ' + str(train.device) + ')'}.")
     if state.get("val_loss") is not None:
         bpb = f", {state['val_bpb']} bits per byte" if state.get("val_bpb") is not None else ""
         lines.append(f"Held-out loss at this checkpoint: {state['val_loss']}{bpb}.")
@@ -148,8 +122,9 @@ def _results_path(folder: Path) -> Path:
     return (run if run is not None else folder) / "eval" / "results.jsonl"
 
 
-def _eval_section(folder: Path, state: dict) -> list[str]:
+def _eval_section(checkpoint: Checkpoint) -> list[str]:
     """This checkpoint's rows (same step and tokens seen), plus reference rows of no step (e.g. a random model)."""
+    folder = checkpoint.folder
     path = _results_path(folder)
     shown = f"the {'run' if _run_dir(folder) is not None else 'checkpoint'}'s `eval/results.jsonl`"  # not its path
     rows = []
@@ -161,7 +136,7 @@ def _eval_section(folder: Path, state: dict) -> list[str]:
                 continue
     latest = {}
     for r in rows:  # a re-evaluation replaces the earlier row
-        mine = r.get("step") == state.get("step") and r.get("tokens") == state.get("tokens")
+        mine = r.get("step") == checkpoint.step and r.get("tokens") == checkpoint.tokens
         if mine or r.get("step") is None:
             latest[(r.get("checkpoint"), r.get("task"), r.get("source"), r.get("n_shot"), r.get("metric"))] = r
     if not any(r.get("step") is not None for r in latest.values()):
@@ -183,19 +158,19 @@ def _eval_section(folder: Path, state: dict) -> list[str]:
     return lines + [""]
 
 
-def model_card(folder: Path, cfg: RunConfig, n_params: int, n_params_non_embedding: int, tokenizer_size: int,
-               chat_template: str | None, name: str) -> str:
-    m = cfg.model
+def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: int, tokenizer_size: int,
+               name: str) -> str:
+    m = checkpoint.config.model
     arch = ARCHITECTURES[hf_model_type(m)]
-    stages = lineage(Path(folder))
-    chat = chat_template is not None
-    hf = [s["hf"] for s in stages if "hf" in s]
-    missing = [s["missing"] for s in stages if "missing" in s]
-    origin = (f"the Hugging Face model `{_folder_name(hf[0])}`" if hf
-              else f"{public_name(missing[0])} (no longer available)" if missing else "random weights")
+    stages = ckpt.lineage(checkpoint)
+    chat = checkpoint.chat_template is not None
+    first = stages[0]
+    origin = (f"the Hugging Face model `{_folder_name(first.folder)}`" if isinstance(first, HFModel)
+              else f"{public_name(first.path)} (no longer available)" if isinstance(first, MissingParent)
+              else "random weights")
     kind = "a chat model: a base model fine-tuned on conversations" if chat else "a base model (text completion only)"
-    runs = [s for s in stages if "state" in s]
-    tokens = sum(s["state"].get("tokens", 0) for s in runs)
+    runs = [s for s in stages if isinstance(s, Checkpoint)]
+    tokens = sum(s.tokens or 0 for s in runs)
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "language:", "- en",
         "tags:", "- rain", f"- {arch.removesuffix('ForCausalLM').lower()}", *(["- chat"] if chat else []), "---", "",
@@ -220,7 +195,7 @@ def model_card(folder: Path, cfg: RunConfig, n_params: int, n_params_non_embeddi
     ]
     for i, stage in enumerate(stages, start=1):
         lines += _stage_section(i, stage)
-    lines += _eval_section(Path(folder), runs[-1]["state"] if runs else {})
+    lines += _eval_section(checkpoint)
     lines += ["## Limitations", "",
               f"- Small: {n_params:,} parameters trained on {tokens:,} tokens. It makes factual and arithmetic errors, "
               "loses track of long texts and can write fluent nonsense.",

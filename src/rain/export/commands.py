@@ -16,22 +16,20 @@ EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 def cmd_export(args) -> None:
     import torch
 
-    from rain.data.tokenizer import Tokenizer
+    from rain import checkpoint as ckpt
     from rain.export.card import model_card
     from rain.export.hf import export_hf
-    from rain.posttrain.sft import checkpoint_chat_template
-    from rain.train import checkpoint as ckpt
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise RainError(f"export target {out} already exists: choose another folder or pass --overwrite")
-    folder = ckpt.find_checkpoint(Path(args.checkpoint))
-    model, cfg = ckpt.load_weights(folder, "cpu")
-    tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
-    template = checkpoint_chat_template(folder)
+    checkpoint = ckpt.find(args.checkpoint)
+    folder, template = checkpoint.folder, checkpoint.chat_template
+    model, cfg = ckpt.load_model(checkpoint, "cpu")
+    tokenizer = ckpt.tokenizer(checkpoint)
     dtype = getattr(torch, args.dtype)
-    card = model_card(folder, cfg, model.num_params(), model.num_params(non_embedding=True), tokenizer.vocab_size,
-                      template, out.name)
+    card = model_card(checkpoint, model.num_params(), model.num_params(non_embedding=True), tokenizer.vocab_size,
+                      out.name)
     state = {k: v.to(dtype) for k, v in model.state_dict().items()}
     export_hf(cfg.model, state, tokenizer, out, chat_template=template, card=card, overwrite=args.overwrite)
     kind = "chat model (with its chat template)" if template else "base model"

@@ -8,7 +8,6 @@ from typing import TextIO
 
 from rain.commands_common import add_sampling_args, add_set_arg, sampling_options
 from rain.errors import RainError
-from rain.train.commands import load_checkpoint
 
 
 def cmd_sft(args) -> None:
@@ -100,12 +99,15 @@ def chat_loop(model, tokenizer, *, system: str | None = None, max_tokens: int = 
 
 
 def cmd_chat(args) -> None:
-    from rain.posttrain.sft import checkpoint_chat_template
+    from rain import checkpoint as ckpt
+    from rain.runtime import pick_device
 
-    model, cfg, tokenizer, folder = load_checkpoint(args.checkpoint, args.device)
-    if checkpoint_chat_template(folder) is None:
-        raise RainError(f"{folder} is a base model without a chat template: fine-tune it with `rain sft` first, "
-                        "or complete text with `rain sample`")
+    checkpoint = ckpt.find(args.checkpoint)
+    if checkpoint.chat_template is None:  # said before the weights load
+        raise RainError(f"{checkpoint.folder} is a base model without a chat template: fine-tune it with `rain sft` "
+                        "first, or complete text with `rain sample`")
+    model, _ = ckpt.load_model(checkpoint, pick_device(args.device))
+    tokenizer = ckpt.tokenizer(checkpoint)
     chat_loop(model, tokenizer, system=args.system, **sampling_options(args))
 
 

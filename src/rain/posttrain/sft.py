@@ -19,12 +19,12 @@ from typing import Iterator
 
 import torch
 
+from rain import checkpoint as ckpt
 from rain.config import RunConfig, load_config, overridden_keys, validate
 from rain.data.tokenizer import PAD, Tokenizer
 from rain.errors import RainError
 from rain.posttrain.chat import CHAT_TEMPLATE, Message
 from rain.posttrain.chat_data import ChatData, read_chat_data, tokenize_conversations
-from rain.train import checkpoint as ckpt
 
 Example = tuple[list[int], list[int]]  # token ids, loss mask
 
@@ -182,12 +182,6 @@ class SFTData:
         return {}  # bits per byte would need the bytes of only the assistant tokens
 
 
-def checkpoint_chat_template(folder: Path) -> str | None:
-    """The chat template a checkpoint was fine-tuned with (None for a base model)."""
-    state = Path(folder) / "state.json"
-    return json.loads(state.read_text()).get("chat_template") if state.is_file() else None
-
-
 def sft_config(base: RunConfig, *, lr: float | None, batch: int) -> RunConfig:
     """The base run's config with SFT hyper-parameters: a tenth of the base's peak learning rate, a short
     warm-up, cosine decay, no weight decay, only best/last checkpoints. max_steps is set from the data later."""
@@ -208,16 +202,13 @@ def run_sft(base: str | Path, data: list[str | Path], out: str | Path, *, fmt: s
     """Fine-tune the checkpoint `base` on chat data into the run folder `out` (see `rain sft --help`)."""
     from rain.train.trainer import train
 
-    folder = ckpt.find_checkpoint(Path(base))
-    if (folder / "config.json").is_file() and '"model_type"' in (folder / "config.json").read_text():
-        raise RainError(f"{folder} is a Hugging Face folder: continue-pretrain it into a rain run first "
-                        "(rain train --init-from FOLDER), then fine-tune that run")
-    folder = ckpt.check_complete(folder, ckpt.WEIGHT_FILES)
+    checkpoint = ckpt.find(base)  # refuses a Hugging Face folder: SFT starts from a rain run
+    folder = checkpoint.folder
     run_config = Path(out) / "config.json"
     if resume and run_config.is_file():
         source = run_config  # the interrupted run's own config, like `rain train --resume`
     else:
-        source = sft_config(ckpt.load_config(folder), lr=lr, batch=batch)
+        source = sft_config(checkpoint.config, lr=lr, batch=batch)
     overridden = overridden_keys(overrides)  # the user's choices win over the SFT defaults set below
 
     def min_lr_follows_lr(cfg: RunConfig) -> None:

@@ -120,7 +120,7 @@ def hf_model(cfg: RunConfig) -> torch.nn.Module:
         import transformers
     except ImportError:
         raise RainError("the transformers comparison needs transformers: pip install 'rain[hf]' (or pass --no-hf)") from None
-    from rain.export.hf import hf_config
+    from rain.model.hf_weights import hf_config
 
     spec = hf_config(cfg.model, eot_id=0, pad_id=0, dtype=torch.float32)
     for key in ("architectures", "torch_dtype"):

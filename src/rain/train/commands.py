@@ -50,20 +50,19 @@ def cmd_train(args) -> None:
 
 
 def load_checkpoint(path: str, device: str):
-    from rain.data.tokenizer import Tokenizer
+    from rain import checkpoint as ckpt
     from rain.runtime import pick_device
-    from rain.train import checkpoint as ckpt
 
-    folder = ckpt.find_checkpoint(Path(path))
-    model, cfg = ckpt.load_weights(folder, pick_device(device))
-    return model, cfg, Tokenizer.from_file(folder / "tokenizer.json"), folder
+    checkpoint = ckpt.find(path)
+    model, cfg = ckpt.load_model(checkpoint, pick_device(device))
+    return model, cfg, ckpt.tokenizer(checkpoint), checkpoint.folder
 
 
 def sample_checkpoint(path: str | Path) -> Path:
     """What `rain sample PATH` reads: a run folder's best checkpoint (the lowest validation loss, which is what
     a user asking a run for samples wants; after overfitting, `last` is worse), or its `last` before the first
     evaluation saved a best; any other path as given."""
-    from rain.train import checkpoint as ckpt
+    from rain import checkpoint as ckpt
 
     best = Path(path) / "checkpoints" / "best"
     return best if ckpt.resolve(best).exists() else Path(path)

@@ -1,0 +1,394 @@
+"""Checkpoint and run folders: the one module that writes and reads them.
+
+A run folder (`rain train --out RUN`, `rain sft --out RUN`) holds its config.json and checkpoints/ with
+`step_N`, `best` and `last` checkpoint folders. A checkpoint folder is self-contained, written atomically and
+loaded without pickle:
+
+    model.safetensors      weights (a tied LM head stored once, as the embedding)
+    optimizer.safetensors  optimizer tensors (+ RNG states); their non-tensor parts go in state.json
+    state.json             step, tokens seen, data-loader position, best validation loss, optimizer groups,
+                           the parent it started from (init_from), the chat template of an SFT model
+    config.json            the resolved run config
+    tokenizer.json         the tokenizer the model was trained with
+
+Every stage reads them through here: `find` (a checkpoint, or a run's newest) and `find_all` (every checkpoint of
+a run) give `Checkpoint` values read once; `load_model` builds the model of one, or of a Hugging Face Qwen3/Llama
+folder (`is_hf_folder`); `lineage` follows init_from back to the first parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from rain.config import ModelConfig, RunConfig, config_from_dict
+from rain.data.tokenizer import Tokenizer
+from rain.errors import RainError
+from rain.model.hf_weights import rain_model_config, rain_state_dict
+from rain.model.transformer import Transformer
+
+FILES = ("model.safetensors", "optimizer.safetensors", "state.json", "config.json", "tokenizer.json")
+WEIGHT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A rain checkpoint folder as read once: its run config and the records of state.json."""
+
+    folder: Path  # as found: `last`, or `.old-last` when a save was interrupted mid-swap
+    name: str  # the folder's own name (`last`, `step_0000100`), never `.old-`
+    config: RunConfig
+    step: int | None  # None: no state.json
+    tokens: int | None  # tokens seen
+    data_dir: str | None  # the prepared data it was trained on (SFT records its chat data in state["sft"])
+    parent: Path | None  # the folder it started from (`--init-from`, an SFT base), as recorded
+    chat_template: str | None  # an SFT model's; None for a base model
+    state: dict = field(default_factory=dict, repr=False, compare=False)  # all of state.json
+
+
+@dataclass(frozen=True)
+class HFModel:
+    """A Hugging Face folder a run started from (in a lineage)."""
+
+    folder: Path
+    architectures: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MissingParent:
+    """A parent recorded in init_from that is no longer a readable checkpoint (in a lineage)."""
+
+    path: Path
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RainError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise RainError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    state = model.state_dict()
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def load_model_state(model: Transformer, state: dict[str, torch.Tensor], origin: str) -> None:
+    model = getattr(model, "_orig_mod", model)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise RainError(f"{origin}: weights do not fit this architecture ({first.strip()})") from None
+    missing = [k for k in missing if not (k == "lm_head.weight" and model.cfg.tie_embeddings)]
+    if missing or unexpected:
+        raise RainError(f"{origin}: weights do not fit this architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, pstate in sd["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(folder: Path, model, optimizer, state: dict, cfg: RunConfig, tokenizer_path: Path,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write everything into a temporary sibling, fsync, then swap it in; a crash at any point leaves
+    the previous checkpoint (or, mid-swap, its `.old` copy, which `resolve` picks up) intact."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    old = folder.with_name(f".old-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(model_state(model), str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = optimizer_state(optimizer) if optimizer is not None else ({}, {"param_groups": [], "scalars": {}})
+    save_file({**opt_tensors, **{f"rng.{k}": v for k, v in (extra_tensors or {}).items()}}, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=2))
+    cfg.save(tmp / "config.json")
+    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def resolve(folder: Path) -> Path:
+    """The checkpoint folder, or its `.old` copy when a save was interrupted mid-swap."""
+    folder = Path(folder)
+    old = folder.with_name(f".old-{folder.name}")
+    if not folder.exists() and old.exists():
+        return old
+    return folder
+
+
+def check_complete(folder: Path, files=FILES) -> Path:
+    folder = resolve(folder)
+    if not folder.is_dir():
+        raise RainError(f"{folder}: no such checkpoint folder")
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise RainError(f"{folder}: incomplete checkpoint (missing {', '.join(missing)}); pick another checkpoint")
+    return folder
+
+
+def is_hf_folder(folder: str | Path) -> bool:
+    """A Hugging Face model folder (its config.json names a model_type or architectures), not a rain checkpoint
+    or run folder (whose config.json has model/train/data sections)."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False  # whoever reads it next says what is wrong with it
+    return isinstance(config, dict) and bool({"model_type", "architectures"} & set(config))
+
+
+def _not_hf(folder: Path) -> None:
+    if is_hf_folder(folder):
+        raise RainError(f"{folder} is a Hugging Face folder, not a rain checkpoint: continue-pretrain it into a rain "
+                        f"run first (rain train --init-from {folder}), then use that run")
+
+
+def load_config(folder: str | Path) -> RunConfig:
+    """The run config in a checkpoint or run folder's config.json."""
+    folder = resolve(Path(folder))
+    path = folder / "config.json"
+    if not path.is_file():
+        raise RainError(f"{path}: file not found (not a rain checkpoint or run folder)")
+    raw = _read_json(path)
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise RainError(f"{path}: not a rain run config (expected [model], [train] and [data] sections)")
+    return config_from_dict(raw, str(path))
+
+
+def read(folder: str | Path) -> Checkpoint:
+    """The checkpoint in `folder` (or its `.old` copy): config.json and state.json read once, the weight files
+    checked to be there. A missing or garbled file is a one-line error naming it."""
+    folder = resolve(Path(folder))
+    if folder.is_dir():
+        _not_hf(folder)
+    folder = check_complete(folder, WEIGHT_FILES)
+    config = load_config(folder)
+    state_path = folder / "state.json"
+    state = _read_json(state_path) if state_path.is_file() else {}
+    if not isinstance(state, dict):
+        raise RainError(f"{state_path}: not a checkpoint state (expected a JSON object)")
+    parent = state.get("init_from")
+    return Checkpoint(folder=folder, name=folder.name.removeprefix(".old-"), config=config, step=state.get("step"),
+                      tokens=state.get("tokens"), data_dir=state.get("data_dir"),
+                      parent=Path(parent) if parent else None, chat_template=state.get("chat_template"), state=state)
+
+
+def find(path: str | Path) -> Checkpoint:
+    """A checkpoint folder as given, or a run folder's newest checkpoint (`last`)."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        last = resolve(path / "checkpoints" / "last")
+        if not last.exists():
+            raise RainError(f"{path}: the run has no checkpoints/last yet")
+        return read(last)
+    if not resolve(path).exists():
+        raise RainError(f"{path}: no such checkpoint or run folder")
+    return read(path)
+
+
+def find_all(path: str | Path) -> list[Checkpoint]:
+    """A run folder's checkpoints in token order, one per step (step_N preferred to last/best), or the one
+    checkpoint folder given."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir():
+        names = sorted({p.name.removeprefix(".old-") for p in (path / "checkpoints").iterdir()
+                        if p.is_dir() and (not p.name.startswith(".") or p.name.startswith(".old-"))})
+        if not names:
+            raise RainError(f"{path}: the run has no checkpoints yet (checkpoints/ is empty)")
+        found = [read(path / "checkpoints" / n) for n in names]
+    elif (resolve(path) / "model.safetensors").is_file():
+        found = [read(path)]
+    elif path.is_dir():
+        _not_hf(path)
+        raise RainError(f"{path}: no checkpoints here (neither a run folder with checkpoints/ nor a checkpoint folder)")
+    else:
+        raise RainError(f"{path}: no such checkpoint or run folder")
+    preference = sorted(found, key=lambda c: (not c.name.startswith("step_"), c.name != "last", c.name))
+    unique: dict = {}
+    for c in preference:
+        unique.setdefault((c.step, c.tokens) if c.step is not None else c.name, c)
+    return sorted(unique.values(), key=lambda c: (c.tokens is None, c.tokens or 0, c.step or 0, c.name))
+
+
+def tokenizer(checkpoint: Checkpoint) -> Tokenizer:
+    """The tokenizer the checkpoint's model was trained with."""
+    return Tokenizer.from_file(checkpoint.folder / "tokenizer.json")
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        content = _read_json(index)
+        weight_map = content.get("weight_map") if isinstance(content, dict) else None
+        if not isinstance(weight_map, dict):
+            raise RainError(f"{index}: no weight_map (not a safetensors index)")
+        files = sorted(set(weight_map.values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise RainError(f"{folder}: no model.safetensors (or sharded index); only safetensors checkpoints are read")
+    tensors = {}
+    for name in files:
+        with safe_open(str(folder / name), framework="pt") as f:
+            tensors.update({key: f.get_tensor(key) for key in f.keys()})
+    return tensors
+
+
+def load_hf_checkpoint(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """A local Hugging Face Qwen3, Qwen3-MoE or Llama folder -> (rain ModelConfig, state dict in rain's names)."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise RainError(f"{folder}: no config.json (expected a Hugging Face model folder)")
+    config = _read_json(config_path)
+    if not isinstance(config, dict):
+        raise RainError(f"{config_path}: not a model config (expected a JSON object)")
+    cfg = rain_model_config(config, str(folder))
+    return cfg, rain_state_dict(cfg, _read_safetensors(folder), str(folder))
+
+
+def load_model(source: Checkpoint | str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, RunConfig]:
+    """(the model in eval mode on `device`, its run config) of a Checkpoint, a checkpoint or run folder, or a
+    Hugging Face Qwen3/Qwen3-MoE/Llama folder (whose run config is rain's defaults around its [model])."""
+    if not isinstance(source, Checkpoint) and is_hf_folder(source):
+        model_cfg, state = load_hf_checkpoint(source)
+        model, cfg, origin = Transformer(model_cfg), RunConfig(model=model_cfg), str(source)
+    else:
+        checkpoint = source if isinstance(source, Checkpoint) else find(source)
+        model, cfg, origin = Transformer(checkpoint.config.model), checkpoint.config, str(checkpoint.folder)
+        state = load_file(str(checkpoint.folder / "model.safetensors"))
+    load_model_state(model, state, origin)
+    return model.to(device).eval(), cfg
+
+
+def lineage(checkpoint: Checkpoint) -> list[Checkpoint | HFModel | MissingParent]:
+    """The checkpoint and its ancestors through init_from, oldest first: a Checkpoint per rain stage, an HFModel
+    for a Hugging Face starting point, a MissingParent for a parent that is gone (or unreadable)."""
+    stages: list[Checkpoint | HFModel | MissingParent] = [checkpoint]
+    seen = {checkpoint.folder.resolve()}
+    parent = checkpoint.parent
+    while parent is not None:
+        if is_hf_folder(parent):
+            config = _read_json(parent / "config.json")
+            stages.append(HFModel(parent, tuple(config.get("architectures") or [config.get("model_type", "?")])))
+            break
+        try:
+            current = find(parent)
+        except RainError:
+            stages.append(MissingParent(parent))
+            break
+        if current.folder.resolve() in seen:  # a loop of init_from records: stop rather than go round
+            break
+        seen.add(current.folder.resolve())
+        stages.append(current)
+        parent = current.parent
+    return stages[::-1]
+
+
+def load_training_state(folder: Path, model, optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore weights and optimizer in place; return state.json and the extra (RNG) tensors."""
+    folder = check_complete(folder)
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state = _read_json(folder / "state.json")
+    load_model_state(model, load_file(str(folder / "model.safetensors")), str(folder))
+    opt_tensors = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
+    load_optimizer_state(optimizer, opt_tensors, state["optimizer"])  # torch moves state to the params' device
+    return state, {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+
+
+# What the weights' meaning depends on (context and init_std may differ from the parent's).
+SHAPE_FIELDS = ("vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "dim_head", "d_ff", "rope_theta",
+                "qk_norm", "tie_embeddings", "norm_eps")
+
+
+def parent_weights(folder: Path, model_cfg, tokenizer_path: Path | None) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(the folder read, its weights) for continued pretraining or fine-tuning from `folder`: a rain checkpoint
+    or run folder, or a Hugging Face Qwen3/Llama folder. Its shape must be model_cfg's and its tokenizer.json
+    the one at tokenizer_path; a one-line error says what differs and how to match it."""
+    folder = Path(folder)
+    if is_hf_folder(folder):
+        parent_model, state = load_hf_checkpoint(folder)
+    else:
+        checkpoint = find(folder)
+        folder, parent_model = checkpoint.folder, checkpoint.config.model
+        state = load_file(str(folder / "model.safetensors"))
+    diff = [(k, getattr(parent_model, k), getattr(model_cfg, k)) for k in SHAPE_FIELDS
+            if getattr(parent_model, k) != getattr(model_cfg, k)]
+    if diff:
+        sets = " ".join(f"--set model.{'head_dim' if k == 'dim_head' else k}={str(a).lower() if isinstance(a, bool) else a}"
+                        for k, a, _ in diff)
+        raise RainError(f"{folder}: its model shape differs from this run's [model] "
+                        f"({', '.join(f'{k} {a} vs {b}' for k, a, b in diff)}); use the same shape: {sets}")
+    if tokenizer_path is not None:
+        check_same_tokenizer(folder / "tokenizer.json", Path(tokenizer_path))
+    return folder, state
+
+
+def same_tokenizer(a: Path, b: Path) -> bool:
+    """Two tokenizer.json files that encode alike: the same bytes, or the same JSON written differently."""
+    x, y = Path(a).read_bytes(), Path(b).read_bytes()
+    if x == y:
+        return True
+    try:
+        if json.loads(x) == json.loads(y):
+            return True
+        from tokenizers import Tokenizer as HFTokenizer  # written by another library: compare as loaded
+
+        return HFTokenizer.from_str(x.decode()).to_str() == HFTokenizer.from_str(y.decode()).to_str()
+    except Exception:  # noqa: BLE001 - unreadable as a tokenizer: not the same one
+        return False
+
+
+def check_same_tokenizer(parent_tok: Path, tokenizer_path: Path) -> None:
+    if not parent_tok.is_file():
+        raise RainError(f"{parent_tok.parent}: no tokenizer.json, so its tokenizer cannot be checked against {tokenizer_path}")
+    if not same_tokenizer(parent_tok, tokenizer_path):
+        raise RainError(f"{tokenizer_path} differs from {parent_tok}: the new data must be tokenised with the parent's "
+                        f"tokenizer (rain prepare --set data.tokenizer={parent_tok})")
