@@ -19,6 +19,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from rain.config import DataConfig
 from rain.data.filters import FilterConfig, Signer, gopher_reason, length_reason, normalized_hash, word_hashes
 from rain.data.sources import Record, Source, read_records
 
@@ -160,11 +161,24 @@ class Pool:
         self.close()
 
 
-class DocStream:
-    """One source's records from `start` on, processed by the pool a few chunks ahead of need."""
+def record_cap(max_doc_chars: int, filters: FilterConfig) -> int:
+    """The length above which records are cut into pieces: data.max_doc_chars (0: none), or the length filter's
+    maximum if that is higher, so that every record cut is one the filter drops whole (see _filtered_piece)."""
+    return max(max_doc_chars, filters.max_chars) if max_doc_chars else 0
 
-    def __init__(self, source: Source, seed: int, pool: Pool, job: Job, start=(0, 0, 0), keep_text: bool = False):
-        self.records = read_records(source, seed, start)
+
+def _filtered_piece(record: Record, job: Job) -> bool:
+    """A piece of a record longer than the filter's max_chars: dropped like the record, without encoding it."""
+    return record.split and record.text is not None and job.filters.max_chars > 0
+
+
+class DocStream:
+    """One source's records from `start` on, processed by the pool a few chunks ahead of need. A record longer
+    than max_chars (data.max_doc_chars) is cut into pieces, each a document, so no worker holds more."""
+
+    def __init__(self, source: Source, seed: int, pool: Pool, job: Job, start=(0, 0, 0), keep_text: bool = False,
+                 max_chars: int = DataConfig.max_doc_chars):
+        self.records = read_records(source, seed, start, record_cap(max_chars, job.filters))
         self.pool, self.job, self.keep_text = pool, job, keep_text
         self.inflight: deque[tuple[list[Record], Future]] = deque()
         self.ready: deque[Doc] = deque()
@@ -181,7 +195,7 @@ class DocStream:
         if not chunk:
             self.done = True
             return
-        texts = [r.text for r in chunk if r.text is not None]
+        texts = [r.text for r in chunk if r.text is not None and not _filtered_piece(r, self.job)]
         self.inflight.append((chunk, self.pool.submit(texts, self.job)))
 
     def _fill(self) -> None:
@@ -194,6 +208,11 @@ class DocStream:
         for record in chunk:
             if record.text is None:
                 yield Doc(record)
+                continue
+            if _filtered_piece(record, self.job):
+                nbytes = len(record.text.encode("utf-8", "surrogatepass"))
+                rec = record if self.keep_text else record._replace(text="")
+                yield Doc(rec, "too_long", nbytes=nbytes, tokens=np.zeros(0, np.dtype(self.job.dtype)))
                 continue
             sig = out.signatures[j] if out.signatures is not None else None
             rec = record if self.keep_text else record._replace(text="")

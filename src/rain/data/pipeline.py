@@ -25,7 +25,8 @@ from rain.progress import progress
 
 STATE = ".prepare_state.npz"  # one file (JSON state + arrays), so one atomic write makes a checkpoint
 FILTERED_UNENCODED = ("too_short", "too_long", "quality")
-SKIPPED_FILES_LISTED = 100  # binary files named per source in the manifest (all are counted)
+SKIPPED_LISTED = 100  # binary files/records (and too-long records) named per source in the manifest (all are counted)
+ISSUES = ("bad_json", "missing_field", "empty", "binary", "too_long")
 
 
 def _counter() -> dict:
@@ -33,8 +34,10 @@ def _counter() -> dict:
 
 
 def _new_stats() -> dict:
-    return {"input": {"records": 0, "bad_json": 0, "missing_field": 0, "empty": 0, "binary": 0, "bad_bytes": 0,
-                      "examples": [], "skipped_files": []},
+    # records: whole input records; split: those longer than data.max_doc_chars, cut into pieces (each piece is a
+    # document); skipped_files / skipped_too_long: the binary and the too-long files and records, by name
+    return {"input": {"records": 0, **dict.fromkeys(ISSUES, 0), "split": 0, "bad_bytes": 0,
+                      "examples": [], "skipped_files": [], "skipped_too_long": []},
             "removed": {}, "train": _counter(), "val": _counter()}
 
 
@@ -45,7 +48,7 @@ class SourceRun:
     filters: FilterConfig
     job: Job
     epoch: int = 1
-    cursor: tuple = (0, 0, 0)  # the next record to read
+    cursor: tuple = (0, 0, 0, 0)  # the next record (location, file, record, piece) to read
     ordinal: int = 0  # records read so far in this epoch
     head: Doc | None = None  # the next training candidate, read but not yet taken
     head_ordinal: int = 0
@@ -89,20 +92,25 @@ class ShardRun:
         return label
 
     def _count_input(self, doc: Doc, label: str) -> None:
-        inp = self.stats[label]["input"]
-        inp["records"] += 1
-        inp["bad_bytes"] += doc.record.bad_bytes
-        if doc.record.issue:
-            inp[doc.record.issue] = inp.get(doc.record.issue, 0) + 1  # .get: a state saved before `binary` existed
+        inp, record = self.stats[label]["input"], doc.record
+        if record.pos[3] == 0:  # a record, or the first piece of one
+            inp["records"] += 1
+        elif record.pos[3] == 1:
+            inp["split"] = inp.get("split", 0) + 1  # .get (here and below): a state saved before the key existed
+        inp["bad_bytes"] += record.bad_bytes
+        if record.issue:
+            inp[record.issue] = inp.get(record.issue, 0) + 1
             if len(inp["examples"]) < 5:
-                inp["examples"].append(f"{doc.record.issue} at {doc.record.where}")
-            if doc.record.issue == "binary" and len(inp.setdefault("skipped_files", [])) < SKIPPED_FILES_LISTED:
-                inp["skipped_files"].append(doc.record.where)
+                inp["examples"].append(f"{record.issue} at {record.where}")
+            named = {"binary": "skipped_files", "too_long": "skipped_too_long"}.get(record.issue)
+            if named and len(inp.setdefault(named, [])) < SKIPPED_LISTED:
+                inp[named].append(record.where)
 
     def _remove(self, doc: Doc, label: str, reason: str) -> None:
         family, _, rule = reason.partition(":")
         bucket = self.stats[label]["removed"].setdefault(family, {**_counter(), **({"rules": {}} if rule else {})})
-        bucket["documents"] += 1
+        if not (reason == "too_long" and doc.record.split and doc.record.pos[3] > 0):  # a record cut into pieces: once
+            bucket["documents"] += 1
         bucket["tokens"] += len(doc.tokens)
         bucket["bytes"] += doc.nbytes
         if rule:
@@ -128,7 +136,7 @@ class ShardRun:
     def _next_epoch(self, run: SourceRun) -> bool:
         if self.mixture.on_exhausted != "upsample" or run.epoch >= self.mixture.max_epochs or not any(run.kept):
             return False
-        run.epoch, run.cursor, run.ordinal, run.stream = run.epoch + 1, (0, 0, 0), 0, None
+        run.epoch, run.cursor, run.ordinal, run.stream = run.epoch + 1, (0, 0, 0, 0), 0, None
         return True
 
     def head(self, run: SourceRun) -> Doc | None:
@@ -136,14 +144,15 @@ class ShardRun:
         shards and counting everything that is dropped on the way."""
         while run.head is None and not run.exhausted:
             if run.stream is None:
-                run.stream = DocStream(run.source, self.cfg.data.seed, self.pool, run.job, start=run.cursor)
+                run.stream = DocStream(run.source, self.cfg.data.seed, self.pool, run.job, start=run.cursor,
+                                       max_chars=self.cfg.data.max_doc_chars)
             doc = run.stream.next()
             if doc is None:
                 run.exhausted = not self._next_epoch(run)
                 continue
             ordinal, run.ordinal = run.ordinal, run.ordinal + 1
             pos = doc.record.pos
-            run.cursor = (pos[0], pos[1], pos[2] + 1)
+            run.cursor = (*pos[:3], pos[3] + 1)  # the record's next piece, or (if none) the next record
             if run.epoch > 1:  # a repeat epoch replays exactly the documents the first one trained on
                 if ordinal >> 3 < len(run.kept) and run.kept[ordinal >> 3] >> (ordinal & 7) & 1:
                     run.head, run.head_ordinal = doc, ordinal
@@ -346,7 +355,7 @@ def _bytes_per_token(split: dict) -> float | None:
 
 
 def _input_summary(stats: dict) -> str:
-    issues = {k: sum(s["input"].get(k, 0) for s in stats.values()) for k in ("bad_json", "missing_field", "empty", "binary")}
+    issues = {k: sum(s["input"].get(k, 0) for s in stats.values()) for k in ISSUES}
     removed: dict[str, int] = {}
     for s in stats.values():
         for family, bucket in s["removed"].items():

@@ -121,6 +121,16 @@ def report(data_dir: str | Path, out_dir: str | Path | None = None, samples: int
     return result
 
 
+def _skipped_lines(sources: dict, key: str, count: str, title: str) -> list[str]:
+    """Every file or record skipped for its content, by name and reason (manifest.json keeps the first 100)."""
+    lines = []
+    for name, s in sources.items():
+        listed, total = s["input"].get(key, []), s["input"].get(count, 0)
+        more = [f"- {name}: ... and {total - len(listed):,} more"] if total > len(listed) else []
+        lines += [f"- {name}: {where}" for where in listed] + more
+    return ["", f"{title}:", "", *lines] if lines else []
+
+
 def _markdown(r: dict) -> str:
     lines = [f"# Data report: {r['data_dir']}", ""]
     if r["mixture"]:
@@ -138,14 +148,20 @@ def _markdown(r: dict) -> str:
                      f"{t.get('tokens', 0):,} | {t.get('bytes', 0):,} | {v.get('documents', 0):,} | {v.get('tokens', 0):,} | "
                      f"{s['bytes_per_token'] or '-'} | {mean} |")
     lines += ["", "## Input problems (skipped and counted)", "",
-              "| source | records | bad JSON lines | missing text field | empty | non-UTF-8 bytes replaced |",
-              "|---|---:|---:|---:|---:|---:|"]
+              ("Binary: files and records that are not text (NUL bytes, mostly undecodable, or many control characters). "
+               "Too long: JSON lines of over 12 x data.max_doc_chars bytes, too long to parse in bounded memory. Cut: "
+               "records longer than data.max_doc_chars, kept as several documents."), "",
+              "| source | records | bad JSON lines | missing text field | empty | non-UTF-8 bytes replaced | binary | too long | cut |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, s in r["sources"].items():
         i = s["input"]
         lines.append(f"| {name} | {i.get('records', 0):,} | {i.get('bad_json', 0):,} | {i.get('missing_field', 0):,} | "
-                     f"{i.get('empty', 0):,} | {i.get('bad_bytes', 0):,} |")
+                     f"{i.get('empty', 0):,} | {i.get('bad_bytes', 0):,} | {i.get('binary', 0):,} | "
+                     f"{i.get('too_long', 0):,} | {i.get('split', 0):,} |")
     examples = [f"- {name}: {e}" for name, s in r["sources"].items() for e in s["input"].get("examples", [])]
     lines += (["", "First problems seen:", "", *examples] if examples else [])
+    lines += _skipped_lines(r["sources"], "skipped_files", "binary", "Skipped as binary (not text)")
+    lines += _skipped_lines(r["sources"], "skipped_too_long", "too_long", "Skipped as too long")
     lines += ["", "## Filters (documents removed)", "",
               "Length- and quality-filtered documents are not tokenised: ≈ marks their tokens estimated from bytes.", "",
               "| source | filter | documents | tokens | bytes | rules |", "|---|---|---:|---:|---:|---|"]

@@ -4,16 +4,24 @@ A location is a local file, folder or glob (.txt .md .rst .py, .jsonl, .jsonl.gz
 .tar/.tar.gz/.tar.xz archives of text files, and files of any other name whose content is text, such as README
 or copyright; .gz files are read by their inner name, so changelog.gz is text) or a Hugging Face dataset,
 `hf://org/name?name=subset` (see rain.data.hub). In a folder, a file that is neither named as a known kind nor
-text (an image, a compiled file) is skipped and counted as a `binary` issue.
+text (an image, a compiled file) is skipped and counted as a `binary` issue. Every text file (whatever its name)
+and every record is checked the same way: binary data is a `binary` issue, named in the manifest and report.
+A file that starts with a byte-order mark is read in its encoding (UTF-8, UTF-16 or UTF-32).
 
-Every record has a position (location, file, record) so a stream can restart exactly where it stopped. Bad
-input is a record too (an `issue`), so it is counted where the stream is, not where the reader is."""
+Text files are read in blocks, and a record longer than data.max_doc_chars is cut into pieces (see
+rain.data.records.Cutter), so memory stays bounded whatever the input. A JSON line too long to parse within
+that bound is a `too_long` issue.
+
+Every record has a position (location, file, record, piece) so a stream can restart exactly where it stopped
+(a long record is read and cut again, and the pieces before the position are passed over). Bad input is a
+record too (an `issue`), so it is counted where the stream is, not where the reader is."""
 
 from __future__ import annotations
 
 import fnmatch
 import glob as globlib
 import gzip
+import io
 import json
 import lzma
 import os
@@ -21,6 +29,7 @@ import random
 import tarfile
 import zlib
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 from urllib.parse import urlparse
@@ -30,8 +39,9 @@ import pyarrow.parquet as pq
 import zstandard
 
 from rain.data.hub import parse_hf, read_hf
-from rain.data.records import (KINDS, SPLITS, Location, Probe, Record, Source, TextField, binary_reason,  # noqa: F401
-                               clean_surrogates, decode_utf8, text_record)
+from rain.data.records import (KINDS, SPLITS, Cutter, Location, Probe, Record, Source, TextField,  # noqa: F401
+                               Utf8Decoder, binary_reason, bom_encoding, clean_surrogates, decode_utf8, piece_where,
+                               recode_to_utf8, split_record, text_record)
 from rain.errors import RainError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
@@ -40,7 +50,9 @@ PARQUET_SUFFIXES = (".parquet",)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2")  # text files inside, one document each
 SUPPORTED = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + ARCHIVE_SUFFIXES  # read by name alone
 READS = "text files of any name (binary ones are skipped), .gz text files, " + ", ".join(SUPPORTED[len(TEXT_SUFFIXES):])
-BINARY_PROBE = 8192  # the bytes that decide whether a file with no known suffix is text
+BINARY_PROBE = 8192  # the first bytes of a file, which decide whether it is text
+BLOCK = 1 << 20  # bytes read at a time from a text file (a longer line arrives in several reads)
+JSON_BYTES_PER_CHAR = 12  # the most one character takes in a JSON line (an escaped surrogate pair, \ud83d\ude00)
 SKIP_DIRS = {".git", ".hg", ".svn"}  # version-control metadata: never documents, not even its text files
 
 
@@ -134,14 +146,44 @@ def _zst_chunks(path: Path) -> Iterator[bytes]:
             raise RainError(f"{path}: truncated zstd file (the last frame is incomplete); re-download or recompress it")
 
 
-def _split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    rest = b""
-    for chunk in chunks:
-        lines = (rest + chunk).split(b"\n")
-        rest = lines.pop()
-        yield from lines
-    if rest:
-        yield rest
+class _Chunks(io.RawIOBase):
+    """Byte strings from an iterator as a stream, so io.BufferedReader can read it (and readline with a limit)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self.chunks, self.rest = iter(chunks), memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.rest:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.rest = memoryview(chunk)
+        n = min(len(buffer), len(self.rest))
+        buffer[:n] = self.rest[:n]
+        self.rest = self.rest[n:]
+        return n
+
+
+def _blocks(f: BinaryIO) -> Iterator[bytes]:
+    return iter(lambda: f.read(BLOCK), b"")
+
+
+def _bounded_lines(f: BinaryIO, limit: int) -> Iterator[bytes | int]:
+    """The lines of a stream; a line of more than `limit` bytes (0: no limit) is read through without being
+    held, and given as its length."""
+    while line := f.readline(limit or -1):
+        if not limit or len(line) < limit or line.endswith(b"\n"):
+            yield line
+            continue
+        size = len(line)
+        while more := f.readline(limit):
+            size += len(more)
+            if more.endswith(b"\n"):
+                break
+        yield line if size == len(line) else size  # exactly `limit` bytes and the end of the file: a whole line
 
 
 @contextmanager
@@ -159,27 +201,36 @@ def _open_bytes(path: Path) -> Iterator[BinaryIO]:
 
 
 def not_text_reason(path: Path) -> str | None:
-    """Why a file with no known suffix is not text, judged by its first bytes; None if it is text."""
+    """Why a file is not text, judged by its first bytes; None if it is text."""
     with _open_bytes(path) as f:
         head = f.read(BINARY_PROBE)
     return binary_reason(head, complete=len(head) < BINARY_PROBE)
 
 
-def _jsonl_lines(path: Path) -> Iterator[bytes]:
+def _jsonl_lines(path: Path, limit: int) -> Iterator[bytes | int]:
     if path.name.lower().endswith(".zst"):
-        yield from _split_lines(_zst_chunks(path))
+        yield from _bounded_lines(io.BufferedReader(_Chunks(_zst_chunks(path))), limit)
     else:
         with _open_bytes(path) as f:
-            yield from f
+            yield from _bounded_lines(f, limit)
 
 
-def _read_jsonl(source: Source, key: tuple[int, int], path: Path, field: TextField, skip: int) -> Iterator[Record]:
+def _read_jsonl(source: Source, key: tuple[int, int], path: Path, field: TextField, skip: int,
+                max_chars: int) -> Iterator[Record]:
+    """JSON Lines. A line longer than JSON_BYTES_PER_CHAR * max_chars bytes holds a record over the cap however
+    its text is written; parsing it would hold it whole (several times over), so it is a `too_long` issue."""
     probe = Probe(source, path, field)
     lineno = 0
-    for lineno, line in enumerate(_jsonl_lines(path), 1):
-        if lineno <= skip or not line.strip():
+    for lineno, line in enumerate(_jsonl_lines(path, JSON_BYTES_PER_CHAR * max_chars), 1):
+        if lineno <= skip:
             continue
-        pos = (*key, lineno - 1)
+        pos = (*key, lineno - 1, 0)  # piece 0: split_record cuts a long record
+        if isinstance(line, int):
+            yield Record(pos, None, "too_long", 0, f"{path}:{lineno} (a line of {line:,} bytes, over "
+                         f"{JSON_BYTES_PER_CHAR} x data.max_doc_chars: too long to parse within bounded memory)")
+            continue
+        if not line.strip():
+            continue
         raw, bad = decode_utf8(line)
         try:
             row = json.loads(raw)
@@ -225,52 +276,127 @@ def _read_parquet(source: Source, key: tuple[int, int], path: Path, field: TextF
                     text = field.extract({name: values[i] for name, values in columns.items()})
                     where = f"{path}:row {row}"
                     if text is None:
-                        yield Record((*key, row), None, "missing_field", 0, where)
+                        yield Record((*key, row, 0), None, "missing_field", 0, where)
                     else:
-                        yield text_record((*key, row), text, 0, where)
+                        yield text_record((*key, row, 0), text, 0, where)
                 row += 1
     except (pa.ArrowException, OSError) as exc:
         raise RainError(f"{path}: row {row}: unreadable parquet data ({exc}); it may be truncated, re-download it") from None
 
 
-def _read_text(source: Source, key: tuple[int, int], path: Path, skip: int, sniff: bool = False) -> Iterator[Record]:
-    """A text file (gunzipped for .gz) as one document, or one per line or paragraph. With sniff (no known
-    suffix), a file whose first bytes are not text is one `binary` issue instead."""
-    if sniff and (reason := not_text_reason(path)):
-        if skip == 0:
-            yield Record((*key, 0), None, "binary", 0, f"{path} ({reason})")
+def _text_blocks(f: BinaryIO) -> tuple[Iterator[bytes] | None, str | None]:
+    """A text file's bytes as UTF-8 (a UTF-8 byte-order mark dropped; UTF-16/UTF-32 recoded), in blocks, or
+    None and why the file is not text, judged by its first bytes."""
+    head = f.read(BINARY_PROBE)
+    complete = len(head) < BINARY_PROBE
+    rest = iter(()) if complete else _blocks(f)  # (a read of BLOCK bytes costs an allocation that size)
+    bom = bom_encoding(head)
+    if bom is None:
+        reason = binary_reason(head, complete)
+        return (None, reason) if reason else (chain([head], rest), None)
+    encoding, size = bom
+    if encoding == "utf-8":
+        return chain([head[size:]], rest), None
+    return recode_to_utf8(chain([head], rest), encoding), None
+
+
+class _Pieces:
+    """One record's bytes as they are read, as records of at most max_chars characters (0: one record). Up to
+    max_chars bytes (so at most as many characters) are held and decoded at once, as one record if the record
+    ends there; beyond, they are decoded as they come and cut (Cutter), and undecodable bytes are counted with
+    the piece being built when they are read."""
+
+    def __init__(self, pos: tuple[int, int, int], max_chars: int, path: Path | str):
+        self.pos, self.max_chars, self.path = pos, max_chars, path
+        self.held: list[bytes] = []
+        self.size = self.count = self.counted_bad = 0
+        self.decoder: Utf8Decoder | None = None  # made once the record is longer than max_chars bytes
+        self.cutter = Cutter(max_chars)
+
+    def add(self, data: bytes, lineno: int = 0) -> list[Record]:
+        self.held.append(data)
+        self.size += len(data)
+        return self._cut(lineno) if self.max_chars and self.size > self.max_chars else []
+
+    def end(self, lineno: int = 0) -> list[Record]:
+        if self.decoder is None:
+            text, bad = decode_utf8(b"".join(self.held))
+            return [text_record((*self.pos, 0), text, bad, self._where(lineno))]
+        records = self._cut(lineno, final=True)
+        return records + [self._record(self.cutter.end(), lineno, self.count > 0)]
+
+    def _cut(self, lineno: int, final: bool = False) -> list[Record]:
+        self.decoder = self.decoder or Utf8Decoder()
+        text = self.decoder.decode(b"".join(self.held), final)
+        self.held, self.size = [], 0
+        return [self._record(piece, lineno, True) for piece in self.cutter.add(text)]
+
+    def _record(self, text: str, lineno: int, split: bool) -> Record:
+        bad, self.counted_bad = self.decoder.bad - self.counted_bad, self.decoder.bad
+        where = piece_where(self._where(lineno), self.count) if split else self._where(lineno)
+        self.count += 1
+        return text_record((*self.pos, self.count - 1), text, bad, where, split)
+
+    def _where(self, lineno: int) -> str:
+        return f"{self.path}:{lineno}" if lineno else str(self.path)
+
+
+def _whole(blocks: Iterable[bytes], pos: tuple[int, int, int], where: str, max_chars: int) -> Iterator[Record]:
+    pieces = _Pieces(pos, max_chars, where)
+    for block in blocks:
+        yield from pieces.add(block)
+    yield from pieces.end()
+
+
+def _read_text(source: Source, key: tuple[int, int], path: Path, skip: int, max_chars: int) -> Iterator[Record]:
+    """A text file (gunzipped for .gz) as one document, or one per line or paragraph; a file whose first bytes
+    are not text is one `binary` issue instead."""
+    if source.split == "file" and skip:
         return
     with _open_bytes(path) as f:
-        if source.split == "file":
+        blocks, reason = _text_blocks(f)
+        if reason:
             if skip == 0:
-                text, bad = decode_utf8(f.read())
-                yield text_record((*key, 0), text, bad, str(path))
-            return
-        yield from _split_text(source.split, key, path, f, skip)
+                yield Record((*key, 0, 0), None, "binary", 0, f"{path} ({reason})")
+        elif source.split == "file":
+            yield from _whole(blocks, (*key, 0), str(path), max_chars)
+        else:
+            yield from _split_text(source.split, key, path, io.BufferedReader(_Chunks(blocks)), skip, max_chars)
 
 
-def _split_text(split: str, key: tuple[int, int], path: Path, f: BinaryIO, skip: int) -> Iterator[Record]:
-    index, lines = 0, []
-    for lineno, line in enumerate(f, 1):
-        if split == "line":
+def _split_text(split: str, key: tuple[int, int], path: Path, f: BinaryIO, skip: int, max_chars: int) -> Iterator[Record]:
+    """One record per line, or per paragraph (lines up to a blank one). A line longer than BLOCK bytes arrives
+    in several reads (and is never blank)."""
+    index, lineno, pieces, line_start, block = 0, 0, None, True, BLOCK
+    for fragment in iter(lambda: f.readline(block), b""):
+        last = fragment.endswith(b"\n") or len(fragment) < block  # (else the line goes on, or the file ends)
+        lineno += line_start
+        whole_line, line_start = line_start and last, last
+        if split == "line" and whole_line:  # the common case, without _Pieces
             if index >= skip:
-                text, bad = decode_utf8(line.rstrip(b"\r\n"))
-                yield text_record((*key, index), text, bad, f"{path}:{lineno}")
+                text, bad = decode_utf8(fragment.rstrip(b"\r\n"))
+                record = text_record((*key, index, 0), text, bad, f"{path}:{lineno}")
+                yield from split_record(record, max_chars) if max_chars and len(text) > max_chars else [record]
             index += 1
-        elif line.strip():
-            lines.append(line)
-        elif lines:
+        elif split == "paragraph" and whole_line and not fragment.strip():  # a blank line
+            if pieces is not None:
+                if index >= skip:
+                    yield from pieces.end(lineno)
+                index, pieces = index + 1, None
+        else:
+            pieces = pieces or _Pieces((*key, index), max_chars, path)
             if index >= skip:
-                text, bad = decode_utf8(b"".join(lines))
-                yield text_record((*key, index), text, bad, f"{path}:{lineno}")
-            index, lines = index + 1, []
-    if lines and index >= skip:
-        text, bad = decode_utf8(b"".join(lines))
-        yield text_record((*key, index), text, bad, str(path))
+                yield from pieces.add(fragment.rstrip(b"\r\n") if split == "line" and last else fragment, lineno)
+            if split == "line" and last:
+                if index >= skip:
+                    yield from pieces.end(lineno)
+                index, pieces = index + 1, None
+    if pieces is not None and index >= skip:
+        yield from pieces.end(lineno if split == "line" else 0)
 
 
-def _read_tar(source: Source, key: tuple[int, int], path: Path, skip: int) -> Iterator[Record]:
-    """Regular files inside an archive (read as a stream), selected like a folder's files."""
+def _read_tar(source: Source, key: tuple[int, int], path: Path, skip: int, max_chars: int) -> Iterator[Record]:
+    """Regular files inside an archive (read as a stream), selected like a folder's files, one document each."""
     index = 0
     try:
         with tarfile.open(path, "r|*") as tar:
@@ -280,11 +406,18 @@ def _read_tar(source: Source, key: tuple[int, int], path: Path, skip: int) -> It
                 if not member.isfile() or not chosen or _excluded(name, source.exclude):
                     continue
                 if index >= skip:
-                    text, bad = decode_utf8(tar.extractfile(member).read())
-                    yield text_record((*key, index), text, bad, f"{path}:{name}")
+                    yield from _read_member(tar.extractfile(member), (*key, index), f"{path}:{name}", max_chars)
                 index += 1
     except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
         raise RainError(f"{path}: truncated or corrupt archive after {index} files ({exc}); re-download it") from None
+
+
+def _read_member(f: BinaryIO, pos: tuple[int, int, int], where: str, max_chars: int) -> Iterator[Record]:
+    blocks, reason = _text_blocks(f)
+    if reason:
+        yield Record((*pos, 0), None, "binary", 0, f"{where} ({reason})")
+    else:
+        yield from _whole(blocks, pos, where, max_chars)
 
 
 # --- the stream -----------------------------------------------------------------------------------------
@@ -295,12 +428,28 @@ def _read_documents(source: Source, skip: int) -> Iterator[Record]:
         if i < skip:
             continue
         text, bad = clean_surrogates(text)
-        rec = text_record((0, 0, i), text, bad, f"document {i}")
+        rec = text_record((0, 0, i, 0), text, bad, f"document {i}")
         yield rec._replace(label=label)
 
 
-def read_records(source: Source, seed: int, start: tuple[int, int, int] = (0, 0, 0)) -> Iterator[Record]:
-    """Every record of a source in a fixed order, from position `start` (location, file, record) on."""
+def read_records(source: Source, seed: int, start: tuple[int, ...] = (0, 0, 0, 0), max_chars: int = 0) -> Iterator[Record]:
+    """Every record of a source in a fixed order, from position `start` (location, file, record[, piece]) on,
+    a record longer than max_chars characters (0: no cap) cut into pieces of at most that many."""
+    if max_chars < 0:
+        raise RainError(f"data.max_doc_chars must be >= 0 (0: no cap), not {max_chars}")
+    start = (*start, 0) if len(start) == 3 else tuple(start)
+    for record in _records(source, seed, start, max_chars):
+        if len(record.pos) == 4 and (record.text is None or not max_chars or len(record.text) <= max_chars):
+            if record.pos >= start:  # the pieces of the first record that come before `start` were read before
+                yield record
+            continue
+        for piece in split_record(record, max_chars):
+            if piece.pos >= start:
+                yield piece
+
+
+def _records(source: Source, seed: int, start: tuple[int, ...], max_chars: int) -> Iterator[Record]:
+    """Records from record start[:3] on, whole or (text files and archives, read in blocks) in pieces."""
     if source.documents is not None:
         yield from _read_documents(source, start[2])
         return
@@ -319,13 +468,13 @@ def read_records(source: Source, seed: int, start: tuple[int, int, int] = (0, 0,
             skip = start[2] if (li, fi) == start[:2] else 0
             kind = file_kind(path)
             if kind == "jsonl":
-                yield from _read_jsonl(source, (li, fi), path, field, skip)
+                yield from _read_jsonl(source, (li, fi), path, field, skip, max_chars)
             elif kind == "parquet":
                 yield from _read_parquet(source, (li, fi), path, field, skip)
             elif kind == "tar":
-                yield from _read_tar(source, (li, fi), path, skip)
+                yield from _read_tar(source, (li, fi), path, skip, max_chars)
             else:
-                yield from _read_text(source, (li, fi), path, skip, sniff=kind == "sniff")
+                yield from _read_text(source, (li, fi), path, skip, max_chars)
 
 
 def check_scheme(source: Source, path: str) -> None:
