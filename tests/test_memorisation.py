@@ -3,7 +3,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from rain.data.shards import ShardWriter, open_split, write_json_atomic
+from rain.data.shards import ShardWriter, open_split
+from rain.files import write_json_atomic
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
 from rain.eval.memorisation import (

@@ -88,10 +88,11 @@ def test_crash_while_writing_files_leaves_no_partial_checkpoint(tiny_data, tmp_p
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt, "save_file", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(RainError, match="could not save .*disk full.*continue with --resume"):  # one line
         train(cfg, run, resume=True, log=quiet)
     monkeypatch.undo()
     assert json.loads((run / "checkpoints/last/state.json").read_text())["step"] == 2
+    assert not list((run / "checkpoints").glob(".tmp-*"))  # the failed save took no space
 
 
 def test_new_run_into_existing_folder_refuses_and_keeps_checkpoints(tiny_data, tmp_path):

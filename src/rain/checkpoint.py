@@ -130,9 +130,19 @@ def save_checkpoint(folder: Path, model, optimizer, state: dict, cfg: RunConfig,
     """Write everything into a temporary sibling, fsync, then swap it in; a crash at any point leaves
     the previous checkpoint (or, mid-swap, its `.old` copy, which `resolve` picks up) intact."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".tmp-{folder.name}")
+    try:
+        return _save(folder, tmp, model, optimizer, state, cfg, tokenizer_path, extra_tensors)
+    except OSError as exc:  # a full disk, a quota: the earlier checkpoints are intact; take no space with a half
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RainError(f"could not save {folder}: {exc.strerror or exc}; the previous checkpoints are intact: "
+                        "free space (or fix the cause) and continue with --resume") from None
+
+
+def _save(folder: Path, tmp: Path, model, optimizer, state: dict, cfg: RunConfig, tokenizer_path: Path,
+          extra_tensors: dict[str, torch.Tensor] | None) -> Path:
     old = folder.with_name(f".old-{folder.name}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(model_state(model), str(tmp / "model.safetensors"))
@@ -161,6 +171,29 @@ def resolve(folder: Path) -> Path:
     if not folder.exists() and old.exists():
         return old
     return folder
+
+
+def newest_complete(run_dir: Path) -> Path | None:
+    """The run's checkpoint with every file a resume needs and the highest step (`last` on a tie): normally
+    `last`, but after a crash during the first save of `last`, or with `last` damaged, the newest other one."""
+    found = []
+    for folder in sorted((Path(run_dir) / "checkpoints").glob("*")):
+        if folder.name.startswith(".tmp-") or not all((folder / f).is_file() for f in FILES):
+            continue
+        try:
+            state = json.loads((folder / "state.json").read_text())
+            found.append((int(state["step"]), folder.name.removeprefix(".old-") == "last", folder))
+        except (ValueError, KeyError, TypeError, OSError):
+            continue  # unreadable: not a checkpoint to resume from
+    return max(found, key=lambda f: f[:2])[2] if found else None
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Drop what interrupted saves left: `.tmp-*` folders, and `.old-*` copies whose swap finished."""
+    for folder in (Path(run_dir) / "checkpoints").glob(".*-*"):
+        if folder.name.startswith(".tmp-") or (folder.name.startswith(".old-") and
+                                                folder.with_name(folder.name.removeprefix(".old-")).exists()):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_complete(folder: Path, files=FILES) -> Path:

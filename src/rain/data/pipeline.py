@@ -17,7 +17,8 @@ from rain.config import RunConfig
 from rain.data.encode import Doc, DocStream, Job, Pool
 from rain.data.filters import Deduper, FilterConfig
 from rain.data.mixture import Mixture, pick_source
-from rain.data.shards import MANIFEST, ShardWriter, file_sha256, token_dtype, write_atomic, write_json_atomic
+from rain.data.shards import MANIFEST, ShardWriter, file_sha256, token_dtype
+from rain.files import write_atomic, write_json_atomic
 from rain.data.sources import Source
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError

@@ -18,7 +18,8 @@ from rain.data import builtin
 from rain.data.encode import DocStream, Job, Pool
 from rain.data.mixture import Mixture, load_mixture, mixture_from_documents, mixture_from_paths
 from rain.data.pipeline import STATE, ShardRun
-from rain.data.shards import MANIFEST, file_sha256, write_atomic
+from rain.data.shards import MANIFEST, file_sha256
+from rain.files import write_atomic
 from rain.data.sources import resolve_files
 from rain.data.tokenizer import Tokenizer, load_tokenizer, train_bpe
 from rain.errors import RainError
@@ -54,7 +55,8 @@ def fingerprint(cfg: RunConfig, mixture: Mixture) -> str:
             if not loc.path.startswith("hf://"):
                 files[f"{source.name}:{loc.path}"] = [[str(p), p.stat().st_size] for p in resolve_files(source, loc, d.seed)]
     key = {"mixture": mixture.to_dict(), "files": files, "vocab_size": cfg.model.vocab_size,
-           "data": {k: getattr(d, k) for k in ("tokenizer", "val_fraction", "shard_tokens", "max_docs", "seed", "tokenizer_sample_bytes")}}
+           "data": {k: getattr(d, k) for k in ("tokenizer", "val_fraction", "shard_tokens", "max_docs", "seed", "tokenizer_sample_bytes",
+                                                 "max_doc_chars")}}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -74,7 +76,7 @@ def sample_texts(mixture: Mixture, cfg: RunConfig, pool: Pool) -> Iterator[str]:
     for source, share in zip(mixture.sources, shares):
         f = mixture.source_filters(source)
         job = Job(f, source.kind == "prose", d.seed, d.val_fraction, tokenizer=None)
-        stream, used = DocStream(source, d.seed, pool, job, keep_text=True), 0
+        stream, used = DocStream(source, d.seed, pool, job, keep_text=True, max_chars=d.max_doc_chars), 0
         while used < share * d.tokenizer_sample_bytes and (doc := stream.next()) is not None:
             if doc.record.text is not None and doc.reason is None and not doc.val:
                 used += doc.nbytes
@@ -177,4 +179,8 @@ def _log_skipped(manifest: dict, log) -> None:
         if inp.get("binary"):
             files = inp.get("skipped_files", [])
             more = f", ... (manifest.json lists {len(files)})" if len(files) > 3 else ""
-            log(f"{name}: skipped {inp['binary']} binary file(s), not text: {', '.join(files[:3])}{more}")
+            log(f"{name}: skipped {inp['binary']} binary file(s)/record(s), not text: {', '.join(files[:3])}{more}")
+        if inp.get("too_long"):
+            long = inp.get("skipped_too_long", [])
+            more = f", ... (manifest.json lists {len(long)})" if len(long) > 3 else ""
+            log(f"{name}: skipped {inp['too_long']} record(s) too long to read in bounded memory: {', '.join(long[:3])}{more}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rain.errors import RainError
-from rain.files import write_atomic, write_json_atomic  # noqa: F401 (the writers' home; re-exported)
+from rain.files import write_atomic
 
 MANIFEST = "manifest.json"
 

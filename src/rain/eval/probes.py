@@ -8,7 +8,6 @@ frequent in the suite's completions than in a sample of the training corpus.
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from collections import Counter

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from rain.commands_common import add_config_args, add_sampling_args, add_set_arg, sampling_options
+from rain.commands_common import add_config_args, add_sampling_args, add_set_arg, number, sampling_options
 from rain.errors import RainError
 
 if TYPE_CHECKING:
@@ -78,6 +78,8 @@ def sample(checkpoint: str | Path, prompts: list[str], *, device: str = "auto", 
     model, cfg, tok, _ = load_checkpoint(str(sample_checkpoint(checkpoint)), device)
     encoded = [tok.encode(prompt) for prompt in prompts]
     for i, ids in enumerate(encoded):
+        if not ids:
+            raise RainError(f"prompt {i + 1} is empty: give some text for the model to continue")
         if len(ids) >= cfg.model.context:
             raise RainError(f"prompt {i + 1} has {len(ids)} tokens; the model's context is {cfg.model.context}: shorten it")
     for i, (prompt, ids) in enumerate(zip(prompts, encoded)):
@@ -230,7 +232,8 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer and schedule")
-    p.add_argument("--stop-after", type=int, help="save and stop after this step (continue later with --resume)")
+    p.add_argument("--stop-after", type=number(int, "[1, inf)"), metavar="STEP",
+                   help="save and stop after this step (continue later with --resume)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="complete prompts with a trained model", description=

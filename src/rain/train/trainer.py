@@ -85,19 +85,23 @@ def checkpoint_steps(total: int, n: int) -> set[int]:
     return {max(1, round(total * k / n)) for k in range(1, n + 1)} if n else set()
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, log=print) -> None:
+    """Check the run folder against --resume / --overwrite and clear what a fresh start replaces. Resuming a run
+    that stopped before its first complete checkpoint starts it again from step 0: nothing is lost."""
     has_run = (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()
     if resume:
-        if not ckpt.resolve(run_dir / "checkpoints" / "last").exists():
-            raise RainError(f"{run_dir}: nothing to resume (no checkpoints/last); start it without --resume")
-        return
-    if has_run and not overwrite:
+        if not has_run:
+            raise RainError(f"{run_dir}: nothing to resume (no run there); start it without --resume")
+        ckpt.remove_temporaries(run_dir)
+        if ckpt.newest_complete(run_dir) is not None:
+            return
+        log(f"{run_dir}: no complete checkpoint to resume from yet; starting the run again from step 0")
+    elif has_run and not overwrite:
         raise RainError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if has_run:
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for name in ("checkpoints", "tensorboard", "eval"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in ("checkpoints", "tensorboard", "eval"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -164,7 +168,7 @@ class Trainer:
         if self.ranks.main:
             check_not_parent(self.run_dir, None if resume else init_from)
             self.lock = FolderLock(self.run_dir, "rain train")  # two runs in one folder would mix their records
-            prepare_run_dir(self.run_dir, resume, overwrite)
+            prepare_run_dir(self.run_dir, resume, overwrite, log)
             for warning in schedule_warnings(cfg, self.total):
                 log(warning)
         if self.ranks.world > 1:
@@ -176,8 +180,9 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)  # the running loss of the current log window
         self.batches = Prefetcher(self.data, self.device)
         self._started = time.time()
-        if resume:
-            self._resume()
+        source = ckpt.newest_complete(self.run_dir) if resume else None
+        if source is not None:
+            self._resume(source)
 
     def _micro_batch(self) -> int:
         if not self.cfg.train.auto_micro_batch:
@@ -264,17 +269,18 @@ class Trainer:
     def wall_seconds(self) -> float:
         return self.wall_before + time.time() - self._started
 
-    def _resume(self) -> None:
-        last = self.run_dir / "checkpoints" / "last"
-        if ckpt.load_config(last).model != self.cfg.model:
+    def _resume(self, source: Path) -> None:
+        """Continue from `source` (checkpoints/last, or the newest complete checkpoint when last is missing)."""
+        if ckpt.load_config(source).model != self.cfg.model:
             raise RainError(f"{self.run_dir}: the checkpoint's model shape differs from the config; "
                             "resume with the run's own config")
-        state, rng = ckpt.load_training_state(last, self.model, self.optimizer)
+        state, rng = ckpt.load_training_state(source, self.model, self.optimizer)
         self.load_state_dict(state)
         torch.set_rng_state(rng["cpu"])
         if self.ranks.main:
             truncate_after(self.run_dir, self.step_count)
-        self.log(f"resumed {self.run_dir} at step {self.step_count}/{self.total}")
+        where = "" if source.name == "last" else f" from checkpoints/{source.name} (checkpoints/last was incomplete)"
+        self.log(f"resumed {self.run_dir}{where} at step {self.step_count}/{self.total}")
 
     def save(self, name: str, val: dict | None = None) -> None:
         if self.ranks.main:
@@ -303,32 +309,40 @@ class Trainer:
             self._validate(metrics)
         self.model.train()
         self.meter = ThroughputMeter(self)
-        last_val = None
         with closing_all(bar, metrics), quiet_gc(), stop_signals() as stop:
             while self.step_count < self.total:
                 stats = self.step()
-                step = stats.step
                 bar.update(1)
-                if step % t.log_every == 0 or step == self.total:
+                if stats.step % t.log_every == 0 or stats.step == self.total:
                     self._log_train(stats, metrics, bar)
-                evaluated = step % t.eval_every == 0 or step == self.total
-                if evaluated:
-                    last_val = self._validate(metrics)
-                    if last_val["val_loss"] < self.best_val:
-                        self.best_val = last_val["val_loss"]
-                        self.save("best", last_val)
-                if (evaluated and not t.save_every) or (t.save_every and step % t.save_every == 0) or step == self.total:
-                    self.save("last", last_val if evaluated else None)
-                if step in keep:
-                    self.save(f"step_{step:07d}", last_val if evaluated else None)
-                if step < self.total and (stop.requested or (stop_after is not None and step >= stop_after)):
-                    self.save("last")
-                    self.log(f"{'stopped by ' + stop.requested if stop.requested else 'stopped'} after step {step}; "
-                             f"saved checkpoints/last, continue with --resume")
+                stopping = stats.step < self.total and (stop.requested or (stop_after or math.inf) <= stats.step)
+                self._validate_and_save(stats.step, metrics, keep, stopping)
+                if stopping:
+                    self.log(f"{'stopped by ' + stop.requested if stop.requested else 'stopped'} after step "
+                             f"{stats.step}; saved checkpoints/last, continue with --resume")
                     break
         if stop.requested:
             raise KeyboardInterrupt
         return self._finish() if main else {}
+
+    def _validate_and_save(self, step: int, metrics, keep: set[int], stopping: bool) -> None:
+        """Validate on the cadence, then save this step's checkpoints: `best` (a new lowest validation loss), a kept
+        `step_N`, then `last`. `last` is written last: a crash before it resumes from the previous `last` and
+        saves this step's checkpoints again, so a kept step_N can never be skipped."""
+        t = self.cfg.train
+        evaluated = step % t.eval_every == 0 or step == self.total
+        val = self._validate(metrics) if evaluated else None
+        names = []
+        if val is not None and val["val_loss"] < self.best_val:
+            self.best_val = val["val_loss"]
+            names.append("best")
+        if step in keep:
+            names.append(f"step_{step:07d}")
+        if (evaluated and not t.save_every) or (t.save_every and step % t.save_every == 0) or step == self.total \
+                or stopping:
+            names.append("last")
+        for name in names:
+            self.save(name, val)
 
     def _validate(self, metrics) -> dict:
         report = self.evaluate()
