@@ -23,9 +23,10 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from rain.config import ModelConfig, RunConfig, config_from_dict
@@ -75,6 +76,82 @@ def _read_json(path: Path):
         raise RainError(f"{path}: not valid JSON ({exc})") from None
     except OSError as exc:
         raise RainError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+class DamagedCheckpoint(RainError):
+    """A file of a checkpoint that is there but cannot be used (truncated, empty, garbled): `rain eval` skips that
+    checkpoint and scores the others; every other command stops with this one line."""
+
+
+RESUME_HINT = "to resume, copy an earlier checkpoints/step_N over checkpoints/last, or start over with --overwrite"
+
+
+def _damaged(path: Path, what: str, resume: bool = False) -> DamagedCheckpoint:
+    """The one-line error for a damaged checkpoint file: what is wrong with it and what to do instead (`last`,
+    which --resume reads, gets both pieces of advice)."""
+    folder = path.parent
+    todo = RESUME_HINT if resume else "pick another checkpoint"
+    if not resume and folder.parent.name == "checkpoints" and folder.name.removeprefix(".old-") == "last":
+        todo += f" ({RESUME_HINT})"
+    return DamagedCheckpoint(f"{path}: {what}; {todo}")
+
+
+JSON_TYPES = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+              type(None): "null"}
+
+
+def _checkpoint_json(path: Path, expected: type, description: str, resume: bool = False):
+    """A JSON file of a checkpoint holding a value of type `expected` (described as `description`)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _damaged(path, f"not valid JSON ({exc})", resume) from None
+    except OSError as exc:
+        raise _damaged(path, f"cannot be read ({exc.strerror or exc})", resume) from None
+    if not isinstance(value, expected):
+        raise _damaged(path, f"not {description}: it holds a JSON {JSON_TYPES.get(type(value), 'value')}", resume)
+    return value
+
+
+def load_tensors(path: Path, resume: bool = False, hint: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated, empty or garbled one is a one-line error naming it.
+    `hint` replaces the checkpoint advice for files of other folders."""
+    return _safetensors(load_file, path, resume, hint)
+
+
+def _check_header(path: Path) -> None:
+    """Read only the header of a safetensors file, which is where truncation shows (it no longer covers the
+    tensors it lists): cheap enough for every checkpoint that is listed."""
+    def read_header(name: str) -> None:
+        with safe_open(name, framework="pt") as f:
+            f.keys()
+
+    _safetensors(read_header, path, False, None)
+
+
+def _safetensors(read: Callable[[str], object], path: Path, resume: bool, hint: str | None):
+    """The one place safetensors' own errors are caught: read(path) or a one-line error naming the file."""
+    try:
+        return read(str(path))
+    except (SafetensorError, OSError) as exc:
+        what = f"cannot be read ({exc.strerror or exc})" if isinstance(exc, OSError) else f"truncated or damaged ({exc})"
+    if hint is not None:
+        raise RainError(f"{path}: {what}; {hint}") from None
+    raise _damaged(path, what, resume) from None
+
+
+def _file_mode() -> int:
+    """The mode an ordinary new file gets: 0o666 less the umask (which can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, with the permissions of every other file written (it writes through a private
+    temporary file, so the result would be 0600)."""
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, _file_mode())
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -145,9 +222,9 @@ def _save(folder: Path, tmp: Path, model, optimizer, state: dict, cfg: RunConfig
     folder.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"))
+    save_tensors(model_state(model), tmp / "model.safetensors")
     opt_tensors, opt_meta = optimizer_state(optimizer) if optimizer is not None else ({}, {"param_groups": [], "scalars": {}})
-    save_file({**opt_tensors, **{f"rng.{k}": v for k, v in (extra_tensors or {}).items()}}, str(tmp / "optimizer.safetensors"))
+    save_tensors({**opt_tensors, **{f"rng.{k}": v for k, v in (extra_tensors or {}).items()}}, tmp / "optimizer.safetensors")
     (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=2))
     cfg.save(tmp / "config.json")
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
@@ -229,10 +306,23 @@ def load_config(folder: str | Path) -> RunConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise RainError(f"{path}: file not found (not a rain checkpoint or run folder)")
-    raw = _read_json(path)
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise RainError(f"{path}: not a rain run config (expected [model], [train] and [data] sections)")
+    if (folder / "checkpoints").is_dir():  # a run folder's own config.json: there is no other checkpoint to pick
+        raw = _read_json(path)
+        if not _has_sections(raw):
+            raise RainError(f"{path}: not {RUN_CONFIG}")
+    else:
+        raw = _checkpoint_json(path, dict, RUN_CONFIG)
+        if not _has_sections(raw):
+            raise _damaged(path, f"not {RUN_CONFIG}")
     return config_from_dict(raw, str(path))
+
+
+RUN_CONFIG = "a rain run config (expected [model], [train] and [data] sections)"
+CHECKPOINT_STATE = "a checkpoint state (expected a JSON object)"
+
+
+def _has_sections(raw) -> bool:
+    return isinstance(raw, dict) and all(isinstance(v, dict) for v in raw.values())
 
 
 def read(folder: str | Path) -> Checkpoint:
@@ -243,10 +333,9 @@ def read(folder: str | Path) -> Checkpoint:
         _not_hf(folder)
     folder = check_complete(folder, WEIGHT_FILES)
     config = load_config(folder)
+    _check_header(folder / "model.safetensors")
     state_path = folder / "state.json"
-    state = _read_json(state_path) if state_path.is_file() else {}
-    if not isinstance(state, dict):
-        raise RainError(f"{state_path}: not a checkpoint state (expected a JSON object)")
+    state = _checkpoint_json(state_path, dict, CHECKPOINT_STATE) if state_path.is_file() else {}
     parent = state.get("init_from")
     return Checkpoint(folder=folder, name=folder.name.removeprefix(".old-"), config=config, step=state.get("step"),
                       tokens=state.get("tokens"), data_dir=state.get("data_dir"),
@@ -266,16 +355,24 @@ def find(path: str | Path) -> Checkpoint:
     return read(path)
 
 
-def find_all(path: str | Path) -> list[Checkpoint]:
+def find_all(path: str | Path, on_damaged: Callable[[str, DamagedCheckpoint], None] | None = None) -> list[Checkpoint]:
     """A run folder's checkpoints in token order, one per step (step_N preferred to last/best), or the one
-    checkpoint folder given."""
+    checkpoint folder given. With `on_damaged`, a run's checkpoint with a damaged file is handed to it (name,
+    error) and left out rather than stopping the listing."""
     path = Path(path)
     if (path / "checkpoints").is_dir():
         names = sorted({p.name.removeprefix(".old-") for p in (path / "checkpoints").iterdir()
                         if p.is_dir() and (not p.name.startswith(".") or p.name.startswith(".old-"))})
         if not names:
             raise RainError(f"{path}: the run has no checkpoints yet (checkpoints/ is empty)")
-        found = [read(path / "checkpoints" / n) for n in names]
+        found = []
+        for name in names:
+            try:
+                found.append(read(path / "checkpoints" / name))
+            except DamagedCheckpoint as exc:
+                if on_damaged is None:
+                    raise
+                on_damaged(name, exc)
     elif (resolve(path) / "model.safetensors").is_file():
         found = [read(path)]
     elif path.is_dir():
@@ -309,8 +406,7 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
         raise RainError(f"{folder}: no model.safetensors (or sharded index); only safetensors checkpoints are read")
     tensors = {}
     for name in files:
-        with safe_open(str(folder / name), framework="pt") as f:
-            tensors.update({key: f.get_tensor(key) for key in f.keys()})
+        tensors.update(load_tensors(folder / name, hint="download or export the model again"))
     return tensors
 
 
@@ -336,7 +432,7 @@ def load_model(source: Checkpoint | str | Path, device: str | torch.device = "cp
     else:
         checkpoint = source if isinstance(source, Checkpoint) else find(source)
         model, cfg, origin = Transformer(checkpoint.config.model), checkpoint.config, str(checkpoint.folder)
-        state = load_file(str(checkpoint.folder / "model.safetensors"))
+        state = load_tensors(checkpoint.folder / "model.safetensors")
     load_model_state(model, state, origin)
     return model.to(device).eval(), cfg
 
@@ -368,12 +464,24 @@ def lineage(checkpoint: Checkpoint) -> list[Checkpoint | HFModel | MissingParent
 def load_training_state(folder: Path, model, optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
     """Restore weights and optimizer in place; return state.json and the extra (RNG) tensors."""
     folder = check_complete(folder)
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    state = _read_json(folder / "state.json")
-    load_model_state(model, load_file(str(folder / "model.safetensors")), str(folder))
+    tensors = load_tensors(folder / "optimizer.safetensors", resume=True)
+    state_path = folder / "state.json"
+    state = _checkpoint_json(state_path, dict, CHECKPOINT_STATE, resume=True)
+    missing = [k for k in RESUME_STATE if k not in state]
+    if missing:
+        raise _damaged(state_path, f"lacks {', '.join(missing)}", resume=True)
+    load_model_state(model, load_tensors(folder / "model.safetensors", resume=True), str(folder))
     opt_tensors = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
-    load_optimizer_state(optimizer, opt_tensors, state["optimizer"])  # torch moves state to the params' device
+    try:
+        load_optimizer_state(optimizer, opt_tensors, state["optimizer"])  # torch moves state to the params' device
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # state.json and the tensors disagree
+        raise _damaged(folder / "optimizer.safetensors", f"does not fit state.json's optimizer record "
+                                                         f"({type(exc).__name__}: {exc})", resume=True) from None
     return state, {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+
+
+# The records of state.json a resume reads (rain.train.trainer.Trainer.load_state_dict, and the optimizer's).
+RESUME_STATE = ("step", "best_val", "loss_window", "loader", "optimizer")
 
 
 # What the weights' meaning depends on (context and init_std may differ from the parent's).
@@ -391,7 +499,7 @@ def parent_weights(folder: Path, model_cfg, tokenizer_path: Path | None) -> tupl
     else:
         checkpoint = find(folder)
         folder, parent_model = checkpoint.folder, checkpoint.config.model
-        state = load_file(str(folder / "model.safetensors"))
+        state = load_tensors(folder / "model.safetensors")
     diff = [(k, getattr(parent_model, k), getattr(model_cfg, k)) for k in SHAPE_FIELDS
             if getattr(parent_model, k) != getattr(model_cfg, k)]
     if diff:

@@ -344,7 +344,12 @@ def evaluate_run(path: str | Path, plan: EvalPlan, *, out: str | Path | None = N
                  hooks: Sequence[CheckpointHook] = (), log: Callable[[str], None] = _stderr_log,
                  show_progress: bool = True) -> Outcome:
     plan.check()
-    checkpoints = ckpt_io.find_all(path)
+    skipped: list[tuple[str, RainError]] = []  # (checkpoint, why): damaged ones, reported, the others still scored
+    checkpoints = ckpt_io.find_all(path, on_damaged=lambda name, exc: skipped.append((name, exc)))
+    if not checkpoints:
+        raise nothing_evaluated(path, skipped)
+    for name, exc in skipped:
+        log(f"skipped {name}: {exc}")
     check_tokenizers(checkpoints)
     eval_dir = Path(out) if out is not None else default_eval_dir(path)
     results = eval_dir / RESULTS_FILE
@@ -359,21 +364,42 @@ def evaluate_run(path: str | Path, plan: EvalPlan, *, out: str | Path | None = N
     todo = [(c, [u for u in us if u.task != "val" or u.evaluator != "rain" or inputs.val[c.folder] is not None])
             for c, us in todo]
     todo = [(c, us) for c, us in todo if us]
-    torch_device = pick_device(device)
-    added = 0
+    torch_device = pick_device(device, option="--device")
+    added = failed = 0
     for ckpt, units in todo:
         tokens = f"{ckpt.tokens:,} tokens" if ckpt.tokens is not None else "tokens unknown"
         log(f"{ckpt.name} ({tokens}): {', '.join(u.describe() for u in units)}")
         t0 = time.time()
         try:
             new = evaluate_checkpoint(ckpt, units, inputs, torch_device, hooks, eval_dir, log, show_progress)
-        except RainError as exc:
-            raise RainError(f"{ckpt.folder}: {exc}") from None
+        except ckpt_io.DamagedCheckpoint as exc:
+            if len(checkpoints) == 1:  # the only checkpoint asked for: its error is the answer
+                raise
+            log(f"skipped {ckpt.name}: {exc}")
+            skipped.append((ckpt.name, exc))
+            failed += 1
+            continue
+        except RainError as exc:  # named once: most errors already name the checkpoint's folder or a file in it
+            raise exc if str(ckpt.folder) in str(exc) else RainError(f"{ckpt.folder}: {exc}") from None
         append_results(results, new)  # only now: a failure above leaves the file untouched
         rows += new
         added += len(new)
         log(f"  {len(new)} result(s) in {time.time() - t0:.1f} s")
+    # A damaged checkpoint among good ones is reported above and the others are scored: the command succeeds, as
+    # their results are worth having. It fails only when no checkpoint could be used at all (none evaluated now or
+    # before), so that a script evaluating a run whose checkpoints are all damaged notices.
+    if failed == len(checkpoints):
+        raise nothing_evaluated(path, skipped)
     return Outcome(eval_dir, rows, added, checkpoints)
+
+
+def nothing_evaluated(path: str | Path, skipped: list[tuple[str, RainError]]) -> RainError:
+    """The error when every checkpoint was damaged: the one checkpoint's own error, or a count and the first."""
+    if len(skipped) == 1:
+        return skipped[0][1]
+    name, first = skipped[0]
+    return RainError(f"{path}: none of its {len(skipped)} checkpoints could be evaluated (they are damaged; "
+                     f"the first, {name}: {first})")
 
 
 def evaluate_checkpoint(ckpt: Checkpoint, units: list[Unit], inputs: Inputs, device: torch.device,

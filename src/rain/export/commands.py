@@ -18,12 +18,13 @@ def cmd_export(args) -> None:
 
     from rain import checkpoint as ckpt
     from rain.export.card import model_card
-    from rain.export.hf import export_hf
+    from rain.export.hf import check_target, export_hf
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise RainError(f"export target {out} already exists: choose another folder or pass --overwrite")
+    check_apart(out, Path(args.checkpoint))
+    check_target(out, args.overwrite)  # before the model loads; export_hf checks again before it replaces anything
     checkpoint = ckpt.find(args.checkpoint)
+    check_apart(out, checkpoint.folder)
     folder, template = checkpoint.folder, checkpoint.chat_template
     model, cfg = ckpt.load_model(checkpoint, "cpu")
     tokenizer = ckpt.tokenizer(checkpoint)
@@ -35,6 +36,18 @@ def cmd_export(args) -> None:
     kind = "chat model (with its chat template)" if template else "base model"
     print(f"exported {folder} as a {kind}, {model.num_params():,} parameters in {args.dtype}, to {out}/ "
           f"(README.md is its model card; upload with `rain publish {out} --repo NAME`)")
+
+
+def check_apart(out: Path, source: Path) -> None:
+    """The export folder is neither the source (a run or checkpoint folder) nor inside it nor around it: replacing
+    it would delete the source, and writing into it would mix an export into a run."""
+    out_path, source_path = out.resolve(), source.resolve()
+    if out_path == source_path:
+        raise RainError(f"export target {out} is the source {source} itself: choose another folder")
+    if source_path in out_path.parents:
+        raise RainError(f"export target {out} lies inside the source {source}: choose a folder outside it")
+    if out_path in source_path.parents:
+        raise RainError(f"export target {out} contains the source {source}: choose a folder outside it")
 
 
 def export_files(folder: Path) -> list[Path]:
@@ -102,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="the folder to write")
     p.add_argument("--format", default="hf", choices=("hf",), help="output format (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="weight dtype (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing folder at OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT (never a run, a "
+                   "checkpoint or a folder holding other files)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("publish", help="upload an exported folder to the Hugging Face Hub", description=

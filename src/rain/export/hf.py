@@ -10,12 +10,63 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
 
+from rain.checkpoint import save_tensors
 from rain.config import ModelConfig
 from rain.data.tokenizer import EOT, IM_END, IM_START, PAD, Tokenizer
 from rain.errors import RainError
 from rain.model.hf_weights import DTYPE_NAMES, hf_config, hf_state_dict
+
+
+# What an export folder holds; a folder holding only these, with this mark in model.safetensors' header metadata
+# (invisible to transformers, travelling with the weights), is an earlier export that --overwrite may replace.
+EXPORT_NAMES = {"config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
+                "model.safetensors", "tokenizer.json", "README.md"}
+EXPORT_MARK = {"exported_by": "rain"}
+
+
+def is_rain_export(folder: Path) -> bool:
+    """A folder `rain export` wrote and nothing else was added to."""
+    names = {p.name for p in folder.iterdir()}
+    if not names <= EXPORT_NAMES or "model.safetensors" not in names:
+        return False
+    try:
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError):
+        return False
+    return all(metadata.get(k) == v for k, v in EXPORT_MARK.items())
+
+
+def _contents(folder: Path) -> str:
+    """What a folder holds, for an error message: a rain run, a rain checkpoint, or its first few entries."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if "checkpoints/" in names:
+        return "a rain run (checkpoints/)"
+    if {"state.json", "optimizer.safetensors"} & set(names):
+        return "a rain checkpoint (state.json, optimizer.safetensors)"
+    return "files rain export did not write (" + ", ".join(names[:3]) + (", ..." if len(names) > 3 else "") + ")"
+
+
+def check_target(out_dir: Path, overwrite: bool) -> None:
+    """The export may go to out_dir: a new or empty folder, or with overwrite an earlier export (is_rain_export).
+    Anything else (a run, a checkpoint, a folder with other files) is never replaced."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise RainError(f"export target {out_dir} is a file, not a folder: choose another folder")
+    if not any(out_dir.iterdir()):
+        return
+    if not is_rain_export(out_dir):
+        if {p.name for p in out_dir.iterdir()} <= EXPORT_NAMES:
+            raise RainError(f"export target {out_dir} holds a model folder without rain export's mark (written by "
+                            "another tool, or by an older rain): choose another folder, or delete it yourself first")
+        raise RainError(f"export target {out_dir} holds {_contents(out_dir)}: rain export only writes into a new "
+                        "or empty folder or replaces an earlier export (--overwrite); choose another folder")
+    if not overwrite:
+        raise RainError(f"export target {out_dir} already exists (an earlier export): choose another folder or "
+                        "pass --overwrite to replace it")
 
 
 def _tokenizer_files(tokenizer: Tokenizer, cfg: ModelConfig, chat_template: str | None) -> dict[str, dict]:
@@ -54,10 +105,7 @@ def export_hf(
     qk_norm, else LlamaForCausalLM) at out_dir, built in a temporary sibling folder and renamed into place at the
     end. Returns out_dir."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RainError(f"export target {out_dir} is a file, not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise RainError(f"export target {out_dir} already exists: choose another folder or pass overwrite")
+    check_target(out_dir, overwrite)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise RainError(
             f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's vocab_size {model_cfg.vocab_size}"
@@ -82,7 +130,7 @@ def export_hf(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_tensors(weights, tmp / "model.safetensors", metadata={"format": "pt", **EXPORT_MARK})
         tokenizer.save(tmp / "tokenizer.json")
         for name, content in json_files.items():
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")

@@ -54,7 +54,7 @@ def load_checkpoint(path: str, device: str):
     from rain.runtime import pick_device
 
     checkpoint = ckpt.find(path)
-    model, cfg = ckpt.load_model(checkpoint, pick_device(device))
+    model, cfg = ckpt.load_model(checkpoint, pick_device(device, option="--device"))
     return model, cfg, ckpt.tokenizer(checkpoint), checkpoint.folder
 
 
