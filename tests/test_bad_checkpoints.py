@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rain import checkpoint
 from rain.cli import main
 from rain.train.trainer import train
 from tests.conftest import tiny_run_config
@@ -63,16 +64,13 @@ DAMAGE = {
 }
 LAST = "RUN/checkpoints/last"
 COMMANDS = {
-    "resume": ["train", "--resume", "--out", "RUN"],
     "sample": ["sample", LAST, "--max-tokens", "2", "--prompt", "x"],
     "eval": ["eval", LAST, "--out", "OUT"],
     "export": ["export", LAST, "OUT"],
 }
-# What each command reads: sample, eval and export need no optimizer state and read state.json only for records;
-# --resume passes over a `last` whose state.json is no JSON object with a step (it continues from the newest
-# checkpoint that has one), so its cases are the damage found only once it loads.
-READ = {"resume": set(DAMAGE) - {"garbled state"},
-        **{c: {"truncated weights", "empty weights", "garbled state", "config a list"} for c in ("sample", "eval", "export")}}
+# What each command reads: sample, eval and export need no optimizer state and read state.json only for records.
+# (--resume passes over any damaged checkpoint: see the tests below.)
+READ = {c: {"truncated weights", "empty weights", "garbled state", "config a list"} for c in ("sample", "eval", "export")}
 CASES = [(command, damage) for command in COMMANDS for damage in DAMAGE if damage in READ[command]]
 
 
@@ -85,8 +83,28 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(command, damage, run, 
             for a in COMMANDS[command]]
     err = one_line_error(argv, capsys)
     assert f"{folder / name}:" in err and err.count(str(folder)) == 1, err  # the file, named once
-    assert ("start over with --overwrite" if command == "resume" else "pick another checkpoint") in err, err
+    assert "pick another checkpoint" in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_resume_passes_over_a_damaged_last_and_mends_it(damage, run, capsys):
+    name, spoil = DAMAGE[damage]
+    spoil(run / "checkpoints" / "last" / name)
+    code, err = cli(["train", "--resume", "--out", run], capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    mended = checkpoint.read(run / "checkpoints" / "last")
+    assert mended.step == 4 and checkpoint.newest_complete(run).name in ("last", "step_0000004")
+
+
+def test_resume_with_every_checkpoint_damaged_is_one_line_and_deletes_nothing(run, capsys):
+    for folder in (run / "checkpoints").iterdir():
+        truncate(folder / "model.safetensors")
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    err = one_line_error(["train", "--resume", "--out", run], capsys)
+    assert "no checkpoint can be resumed from" in err and "--overwrite" in err, err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
 
 
 def test_eval_of_a_run_skips_a_damaged_checkpoint_and_scores_the_others(run, tmp_path, capsys):

@@ -210,10 +210,10 @@ def save_checkpoint(folder: Path, model, optimizer, state: dict, cfg: RunConfig,
     tmp = folder.with_name(f".tmp-{folder.name}")
     try:
         return _save(folder, tmp, model, optimizer, state, cfg, tokenizer_path, extra_tensors)
-    except OSError as exc:  # a full disk, a quota: the earlier checkpoints are intact; take no space with a half
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RainError(f"could not save {folder}: {exc.strerror or exc}; the previous checkpoints are intact: "
-                        "free space (or fix the cause) and continue with --resume") from None
+    except (OSError, SafetensorError) as exc:  # a full disk, a quota: the earlier checkpoints are intact
+        shutil.rmtree(tmp, ignore_errors=True)  # and a half-written one takes no space
+        raise RainError(f"could not save {folder}: {getattr(exc, 'strerror', None) or exc}; the previous checkpoints "
+                        "are intact: free space (or fix the cause) and continue with --resume") from None
 
 
 def _save(folder: Path, tmp: Path, model, optimizer, state: dict, cfg: RunConfig, tokenizer_path: Path,
@@ -259,9 +259,14 @@ def newest_complete(run_dir: Path) -> Path | None:
             continue
         try:
             state = json.loads((folder / "state.json").read_text())
-            found.append((int(state["step"]), folder.name.removeprefix(".old-") == "last", folder))
-        except (ValueError, KeyError, TypeError, OSError):
-            continue  # unreadable: not a checkpoint to resume from
+            step = int(state["step"])
+            if not {"loader", "optimizer", "loss_window"} <= set(state):
+                continue  # not a training checkpoint a run can continue from
+            read(folder)  # the config and the weights' header
+            _check_header(folder / "optimizer.safetensors")
+        except (ValueError, KeyError, TypeError, OSError, RainError):
+            continue  # damaged: not a checkpoint to resume from
+        found.append((step, folder.name.removeprefix(".old-") == "last", folder))
     return max(found, key=lambda f: f[:2])[2] if found else None
 
 

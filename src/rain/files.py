@@ -23,6 +23,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota, a read-only folder: the old file is intact
+        raise RainError(f"could not write {path}: {exc.strerror or exc}; the previous version is intact") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -68,8 +70,10 @@ class FolderLock:
     one-line RainError naming the holder. The kernel releases it when the holder exits however it exits, so a
     lock left by a killed process is never in the way."""
 
+    NAME = ".lock"
+
     def __init__(self, folder: Path, what: str):
-        self.path = Path(folder) / ".lock"
+        self.path = Path(folder) / self.NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+")
         try:

@@ -58,8 +58,12 @@ class MetricsLog:
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def log(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a torn last line is dropped on the next read (read_metrics)
+            raise RainError(f"could not append to {self.path}: {exc.strerror or exc}; free space and continue "
+                            "with --resume") from None
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tracker == "trackio":
             self._trackio.log(scalars, step=record.get("step"))

@@ -85,16 +85,21 @@ def checkpoint_steps(total: int, n: int) -> set[int]:
     return {max(1, round(total * k / n)) for k in range(1, n + 1)} if n else set()
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, log=print) -> None:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, log=print, began: bool = False) -> None:
     """Check the run folder against --resume / --overwrite and clear what a fresh start replaces. Resuming a run
-    that stopped before its first complete checkpoint starts it again from step 0: nothing is lost."""
-    has_run = (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()
+    that stopped before its first complete checkpoint starts it again from step 0: nothing is lost. `began`: a
+    run already took the folder's lock, so one began here even if it was stopped before writing anything."""
+    has_run = began or (run_dir / "config.json").exists() or (run_dir / "checkpoints").exists()
     if resume:
         if not has_run:
             raise RainError(f"{run_dir}: nothing to resume (no run there); start it without --resume")
         ckpt.remove_temporaries(run_dir)
         if ckpt.newest_complete(run_dir) is not None:
             return
+        damaged = sorted(p.name for p in (run_dir / "checkpoints").glob("*")) if (run_dir / "checkpoints").is_dir() else []
+        if damaged:  # never delete them: they may be mended by hand
+            raise RainError(f"{run_dir}: no checkpoint can be resumed from (damaged or incomplete: {', '.join(damaged)}); "
+                            "mend one, or start over with --overwrite")
         log(f"{run_dir}: no complete checkpoint to resume from yet; starting the run again from step 0")
     elif has_run and not overwrite:
         raise RainError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite to replace it")
@@ -167,8 +172,9 @@ class Trainer:
         self.lock = None
         if self.ranks.main:
             check_not_parent(self.run_dir, None if resume else init_from)
+            began = (self.run_dir / FolderLock.NAME).exists()
             self.lock = FolderLock(self.run_dir, "rain train")  # two runs in one folder would mix their records
-            prepare_run_dir(self.run_dir, resume, overwrite, log)
+            prepare_run_dir(self.run_dir, resume, overwrite, log, began)
             for warning in schedule_warnings(cfg, self.total):
                 log(warning)
         if self.ranks.world > 1:
@@ -180,6 +186,7 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)  # the running loss of the current log window
         self.batches = Prefetcher(self.data, self.device)
         self._started = time.time()
+        self.resumed: tuple[Path | None, dict] = (None, {})  # the checkpoint resumed from, its validation
         source = ckpt.newest_complete(self.run_dir) if resume else None
         if source is not None:
             self._resume(source)
@@ -276,6 +283,7 @@ class Trainer:
                             "resume with the run's own config")
         state, rng = ckpt.load_training_state(source, self.model, self.optimizer)
         self.load_state_dict(state)
+        self.resumed = (source, {k: v for k, v in state.items() if k.startswith("val_")})
         torch.set_rng_state(rng["cpu"])
         if self.ranks.main:
             truncate_after(self.run_dir, self.step_count)
@@ -308,6 +316,7 @@ class Trainer:
         if self.step_count == 0:
             self._validate(metrics)
         self.model.train()
+        self._complete_saves(keep)
         self.meter = ThroughputMeter(self)
         with closing_all(bar, metrics), quiet_gc(), stop_signals() as stop:
             while self.step_count < self.total:
@@ -324,6 +333,17 @@ class Trainer:
         if stop.requested:
             raise KeyboardInterrupt
         return self._finish() if main else {}
+
+    def _complete_saves(self, keep: set[int]) -> None:
+        """After a resume from a checkpoint other than `last` (a crash during this step's saves), write this step's
+        missing checkpoints: its kept step_N, then `last`."""
+        source, val = self.resumed
+        if source is None or source.name == "last" or not self.ranks.main:
+            return
+        step_n = self.run_dir / "checkpoints" / f"step_{self.step_count:07d}"
+        if self.step_count in keep and not all((step_n / f).is_file() for f in ckpt.FILES):
+            self.save(step_n.name, val)
+        self.save("last", val)
 
     def _validate_and_save(self, step: int, metrics, keep: set[int], stopping: bool) -> None:
         """Validate on the cadence, then save this step's checkpoints: `best` (a new lowest validation loss), a kept
