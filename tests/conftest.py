@@ -129,3 +129,23 @@ def random_hf_folder(folder: Path, config, tokenizer: Path | None = None):
         shutil.copyfile(tokenizer, folder / "tokenizer.json")
     return hf
 
+
+def quick_config(**data):
+    """The tiny test config with a fast `rain prepare`: one process, a small tokenizer sample; data fields set."""
+    cfg = tiny_run_config()
+    cfg.data.workers = 1
+    cfg.data.tokenizer_sample_bytes = 100_000
+    for k, v in data.items():
+        setattr(cfg.data, k, v)
+    return cfg
+
+
+def decoded_documents(out: Path, manifest: dict) -> list[str]:
+    """Every document in a prepared folder's shards, decoded (uint16 shards)."""
+    import numpy as np
+
+    from rain.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(out / "tokenizer.json")
+    tokens = np.concatenate([np.fromfile(out / r["file"], np.uint16) for s in ("train", "val") for r in manifest["splits"][s]])
+    return [d for d in tok.decode(tokens.tolist()).split(tok.decode([tok.eot_id])) if d]

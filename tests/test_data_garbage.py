@@ -6,19 +6,17 @@ and a prepare interrupted inside such a record resumes to the same shards."""
 import json
 import random
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import tiny_run_config
+from tests.conftest import decoded_documents, quick_config
 from rain.data import sources
 from rain.data.encode import DocStream, Job, Pool
 from rain.data.filters import FilterConfig
 from rain.data.prepare import prepare
 from rain.data.shards import ShardWriter
 from rain.data.sources import Location, Source, read_records
-from rain.data.tokenizer import Tokenizer
 
 WORDS = "the river stone bridge water farmer summer winter garden market village teacher library forest".split()
 
@@ -30,21 +28,6 @@ def prose(seed: int, words: int = 300) -> str:
 
 def random_bytes(seed: int, n: int, low: int = 0) -> bytes:
     return np.random.default_rng(seed).integers(low, 256, n, dtype=np.uint8).tobytes()
-
-
-def quick_config(**data):
-    cfg = tiny_run_config()
-    cfg.data.workers = 1
-    cfg.data.tokenizer_sample_bytes = 100_000
-    for k, v in data.items():
-        setattr(cfg.data, k, v)
-    return cfg
-
-
-def decoded_documents(out: Path, manifest: dict) -> list[str]:
-    tok = Tokenizer.from_file(out / "tokenizer.json")
-    tokens = np.concatenate([np.fromfile(out / r["file"], np.uint16) for s in ("train", "val") for r in manifest["splits"][s]])
-    return [d for d in tok.decode(tokens.tolist()).split(tok.decode([tok.eot_id])) if d]
 
 
 def quiet(*_):

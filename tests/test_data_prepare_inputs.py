@@ -6,14 +6,12 @@ import gzip
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import tiny_run_config
+from tests.conftest import decoded_documents, quick_config
 from rain.cli import main as rain_main
 from rain.data.prepare import prepare
 from rain.data.sources import Location, Source, read_records
-from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -38,21 +36,6 @@ def debian_doc_folder(root: Path) -> dict[str, str]:
     (root / ".git").mkdir()
     (root / ".git" / "config").write_text("[core]\n\trepositoryformatversion = 0\n")  # version control: never read
     return texts
-
-
-def quick_config(**data):
-    cfg = tiny_run_config()
-    cfg.data.workers = 1
-    cfg.data.tokenizer_sample_bytes = 100_000
-    for k, v in data.items():
-        setattr(cfg.data, k, v)
-    return cfg
-
-
-def decoded_documents(out: Path, manifest: dict) -> list[str]:
-    tok = Tokenizer.from_file(out / "tokenizer.json")
-    tokens = np.concatenate([np.fromfile(out / r["file"], np.uint16) for s in ("train", "val") for r in manifest["splits"][s]])
-    return [d for d in tok.decode(tokens.tolist()).split(tok.decode([tok.eot_id])) if d]
 
 
 def test_package_docs_folder_reads_suffixless_and_gzipped_text_and_skips_binary(tmp_path):

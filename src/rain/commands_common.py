@@ -51,6 +51,15 @@ def number(kind: type, allowed: str):
     return convert
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """What a command that writes a run folder takes (rain train, rain sft): --resume or --overwrite, --stop-after."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--stop-after", type=number(int, "[1, inf)"), metavar="STEP",
+                   help="save and stop after this step (continue later with --resume)")
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=number(int, "[1, inf)"), default=80,
                    help="new tokens per prompt (default: %(default)s)")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from rain.commands_common import add_sampling_args, add_set_arg, number, sampling_options
+from rain.commands_common import add_run_args, add_sampling_args, add_set_arg, sampling_options
 from rain.errors import RainError
 
 
@@ -130,11 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "context is dropped and counted, or cut after its last assistant turn that fits (default: %(default)s)")
     p.add_argument("--no-mask", action="store_true", help="train on every token, prompts and role headers included")
     add_set_arg(p, help="override a config value of the run, e.g. --set train.eval_every=50 (repeatable)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument("--stop-after", type=number(int, "[1, inf)"), metavar="STEP",
-                   help="save and stop after this step (continue later with --resume)")
+    add_run_args(p)
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("chat", help="chat with a fine-tuned checkpoint in the terminal", description=

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from rain.commands_common import add_config_args, add_sampling_args, add_set_arg, number, sampling_options
+from rain.commands_common import add_config_args, add_run_args, add_sampling_args, add_set_arg, sampling_options
 from rain.errors import RainError
 
 if TYPE_CHECKING:
@@ -228,12 +228,8 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--data", help="prepared data folder (from `rain prepare`); on --resume the run's own is used")
     p.add_argument("--out", required=True, help="run folder")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    add_run_args(p)
     p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer and schedule")
-    p.add_argument("--stop-after", type=number(int, "[1, inf)"), metavar="STEP",
-                   help="save and stop after this step (continue later with --resume)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="complete prompts with a trained model", description=
