@@ -21,7 +21,7 @@ from rain.model.generate import generate  # noqa: E402
 from rain.posttrain.chat import CHAT_TEMPLATE, encode_prompt  # noqa: E402
 from rain.posttrain.sft import read_conversations, split_conversations  # noqa: E402
 from rain import checkpoint as ckpt  # noqa: E402
-from rain.train.data import PretrainData  # noqa: E402
+from rain.train.batches import PretrainData  # noqa: E402
 from rain.train.metrics import read_metrics  # noqa: E402
 from rain.train.trainer import build_model, train  # noqa: E402
 from rain.train.validation import source_losses, validation_report  # noqa: E402

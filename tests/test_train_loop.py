@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rain.train.data import PretrainData
+from rain.train.batches import PretrainData
 from rain.train.trainer import Trainer, train
 from tests.conftest import assert_same_run, tiny_run_config
 

@@ -9,7 +9,7 @@ import pytest
 from rain.data.prepare import prepare
 from rain.data.prepared import PreparedData, validation_windows
 from rain.errors import RainError
-from rain.train.data import PretrainData
+from rain.train.batches import PretrainData
 from rain.train.trainer import train
 from tests.conftest import synthetic_documents, tiny_run_config
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import parse_qs, urlparse
 
-from rain.data.records import Location, Probe, Record, Source, TextField, text_record
+from rain.data.text import Location, Probe, Record, Source, TextField, text_record
 from rain.errors import RainError
 
 

@@ -1,5 +1,5 @@
 """`rain prepare`: sources -> filters -> held-out split -> BPE tokenizer -> mixture -> token shards,
-manifest.json and report.md. The shard pass itself is rain.data.pipeline; an interrupted prepare is resumed
+manifest.json and report.md. The shard pass itself is rain.data.sharding; an interrupted prepare is resumed
 from its last finished training shard and writes exactly the same shards."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rain.config import RunConfig
 from rain.data import builtin
 from rain.data.encode import DocStream, Job, Pool
 from rain.data.mixture import Mixture, load_mixture, mixture_from_documents, mixture_from_paths
-from rain.data.pipeline import STATE, ShardRun
+from rain.data.sharding import STATE, ShardRun
 from rain.data.shards import MANIFEST, file_sha256
 from rain.files import write_atomic
 from rain.data.sources import resolve_files

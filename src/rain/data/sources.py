@@ -9,7 +9,7 @@ and every record is checked the same way: binary data is a `binary` issue, named
 A file that starts with a byte-order mark is read in its encoding (UTF-8, UTF-16 or UTF-32).
 
 Text files are read in blocks, and a record longer than data.max_doc_chars is cut into pieces (see
-rain.data.records.Cutter), so memory stays bounded whatever the input. A JSON line too long to parse within
+rain.data.text.Cutter), so memory stays bounded whatever the input. A JSON line too long to parse within
 that bound is a `too_long` issue.
 
 Every record has a position (location, file, record, piece) so a stream can restart exactly where it stopped
@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from rain.data.hub import parse_hf, read_hf
-from rain.data.records import (KINDS, SPLITS, Cutter, Location, Probe, Record, Source, TextField,  # noqa: F401
+from rain.data.text import (KINDS, SPLITS, Cutter, Location, Probe, Record, Source, TextField,  # noqa: F401
                                Utf8Decoder, binary_reason, bom_encoding, clean_surrogates, decode_utf8, piece_where,
                                recode_to_utf8, split_record, text_record)
 from rain.errors import RainError

@@ -56,8 +56,8 @@ def eval_data_dir(flag: str | None) -> str | None:
 
 
 def checkpoint_hooks(args) -> list:
-    """Extra per-checkpoint evaluations, resumable like the benchmarks (rain.eval.hooks)."""
-    from rain.eval.hooks import build_hooks
+    """Extra per-checkpoint evaluations, resumable like the benchmarks (rain.eval.checkpoint_reports)."""
+    from rain.eval.checkpoint_reports import build_hooks
 
     return build_hooks(args.prompts, args.memorisation, seed=args.prompt_seed)
 

@@ -29,7 +29,7 @@ from rain.errors import RainError
 from rain.eval.multiple_choice import score_tasks
 from rain.eval.tasks import FEWSHOT_SEED, TaskData, build_requests, get_task, load_task
 from rain.runtime import autocast_for, pick_device
-from rain.train.data import validation_batches
+from rain.train.batches import validation_batches
 from rain.train.validation import source_losses, validation_report
 
 RESULTS_FILE = "results.jsonl"
@@ -150,7 +150,7 @@ class ValidationSet:
 
 def validation_rows(model, cfg, val: ValidationSet, batches: int | None, eot_id: int) -> list[dict]:
     """loss, ppl and bpb over the whole split and per source, as rows for results.jsonl: scored on exactly the
-    windows training validates on (rain.train.data.validation_batches: train.eval_batches x train.micro_batch
+    windows training validates on (rain.train.batches.validation_batches: train.eval_batches x train.micro_batch
     windows spread over the split), so with the default `batches` the numbers are training's."""
     t = cfg.train
     n_windows = (batches or t.eval_batches) * t.micro_batch

@@ -72,7 +72,7 @@ def read_conversations(paths: list[str | Path], fmt: str = "auto") -> ChatData:
 
 
 class SFTData:
-    """The TrainData of SFT (see rain.train.data): packed windows of tokenised conversations."""
+    """The TrainData of SFT (see rain.train.batches): packed windows of tokenised conversations."""
 
     def __init__(self, tokenizer_path: str | Path, paths: list[str | Path], *, context: int, micro_batch: int,
                  seed: int = 0, eval_batches: int = 20, val_fraction: float = 0.05, overflow: str = "drop",

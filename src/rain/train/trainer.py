@@ -36,7 +36,7 @@ from rain.model.transformer import Transformer
 from rain.progress import progress
 from rain.runtime import Ranks, autocast_for, enable_tf32, pick_device
 from rain import checkpoint as ckpt
-from rain.train.data import PretrainData, TrainData
+from rain.train.batches import PretrainData, TrainData
 from rain.train.metrics import (MetricsLog, active_params, flops_per_token, peak_flops, plot_losses, read_metrics,
                                 truncate_after)
 from rain.train.optim import build_optimizer, set_lr, warmup_steps
