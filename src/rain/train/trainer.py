@@ -330,8 +330,8 @@ class Trainer:
                     self.log(f"{'stopped by ' + stop.requested if stop.requested else 'stopped'} after step "
                              f"{stats.step}; saved checkpoints/last, continue with --resume")
                     break
-        if stop.requested:
-            raise KeyboardInterrupt
+        if stop.requested and self.step_count < self.total:
+            raise KeyboardInterrupt  # the CLI exits 130; the run is saved
         return self._finish() if main else {}
 
     def _complete_saves(self, keep: set[int]) -> None:
