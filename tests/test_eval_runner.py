@@ -72,6 +72,11 @@ def test_validation_loss_per_source_matches_training(run_dir, tmp_path, capsys):
             assert theirs["bpb"] == pytest.approx(state[f"val_bpb/{source}"], abs=1e-4)
     assert all(r["value"] > 0 and r["items"] > 0 for r in rows)
     assert "val bpb (math)" in out
+    # The trends start where training did: its step-0 validation, never written as a result row.
+    start = next(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"step": 0' in line)
+    trends = (tmp_path / "trends.md").read_text()
+    assert "start (0 tok)" in trends and f"| {start['val_ppl']:.4g} |" in trends
+    assert all(r["checkpoint"] != "start" for r in rows)
 
 
 @pytest.mark.shared_data

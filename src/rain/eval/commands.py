@@ -64,7 +64,7 @@ def checkpoint_hooks(args) -> list:
 
 def cmd_eval(args) -> None:
     from rain.eval.plots import trend_table, write_trends
-    from rain.eval.runner import EvalPlan, evaluate_run
+    from rain.eval.runner import EvalPlan, evaluate_run, training_start_rows
 
     tasks = parse_tasks(args.tasks)
     plan = EvalPlan(
@@ -77,8 +77,11 @@ def cmd_eval(args) -> None:
     if args.harness and not plan.tasks:
         raise RainError("--harness runs the --tasks through lm-eval: name them with --tasks (e.g. --tasks arc_easy)")
     outcome = evaluate_run(args.checkpoint, plan, out=args.out, device=args.device, hooks=checkpoint_hooks(args))
-    written = write_trends(outcome.eval_dir, outcome.rows, plot=args.plot)
-    print(trend_table(outcome.rows), end="")
+    rows = outcome.rows
+    if plan.val_batches is None and plan.val_data is None:  # the windows training scored at step 0 too
+        rows = training_start_rows(args.checkpoint, rows) + rows
+    written = write_trends(outcome.eval_dir, rows, plot=args.plot)
+    print(trend_table(rows), end="")
     print(f"\n{outcome.new_rows} new result(s); wrote {outcome.eval_dir / 'results.jsonl'}, "
           + ", ".join(str(p) for p in written))
 

@@ -24,6 +24,7 @@ from rain import checkpoint as ckpt_io
 from rain.checkpoint import Checkpoint
 from rain.data.prepared import PreparedData
 from rain.files import jsonl_records, write_atomic
+from rain.train.metrics import read_metrics
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
 from rain.eval.multiple_choice import score_tasks
@@ -174,6 +175,24 @@ def validation_rows(model, cfg, val: ValidationSet, batches: int | None, eot_id:
                 rows.append({"task": "val", "metric": metric, "value": value, "source": source,
                              "items": report[f"val_tokens{suffix}"]})
     return rows
+
+
+def training_start_rows(path: str | Path, rows: list[dict]) -> list[dict]:
+    """The validation that training recorded at step 0 (RUN/metrics.jsonl: the untrained model, scored on the
+    windows `rain eval` scores by default) as result rows, so a run's trends start where training did. Only for a
+    run folder whose rows hold validation loss and no step 0 of their own; never written to results.jsonl."""
+    run = Path(path)
+    if any(r.get("step") == 0 for r in rows) or not any(r.get("task") == "val" for r in rows):
+        return []
+    start = next((r for r in read_metrics(run) if r.get("kind") == "val" and r.get("step") == 0), None)
+    out = []
+    for key, value in (start or {}).items():
+        metric, _, source = key.partition("/")
+        if metric in ("val_loss", "val_ppl", "val_bpb"):
+            out.append({"checkpoint": "start", "step": 0, "tokens": 0, "task": "val", "n_shot": None,
+                        "metric": metric.removeprefix("val_"), "value": value, "source": source or "all",
+                        "evaluator": "training"})
+    return out
 
 
 # ----------------------------------------------------------------------------- the plan
