@@ -18,9 +18,9 @@ def add_set_arg(p: argparse.ArgumentParser, help: str = "override one config val
 
 
 def add_config_args(p: argparse.ArgumentParser, default: str | None = "tiny") -> None:
-    from rain.config import PRESET_DIR  # standard library only: `rain --help` stays fast
+    from rain.config import preset_names  # standard library only: `rain --help` stays fast
 
-    presets = ", ".join(sorted(path.stem for path in PRESET_DIR.glob("*.toml"))) or "none found"
+    presets = preset_names()
     p.add_argument("--config", default=default, help=f"a preset name in configs/ ({presets}), a TOML file, or a run's config.json to start from "
                    "its settings (default: %(default)s)")
     add_set_arg(p)

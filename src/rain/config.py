@@ -165,15 +165,18 @@ def _apply(cfg: RunConfig, section: str, key: str, value: Any, origin: str) -> N
     setattr(obj, key, _check_type(f"{section}.{key} in {origin}", value, hints[key]))
 
 
-def resolve_preset(name_or_path: str | Path) -> Path:
-    """A path to a TOML file, or the name of a preset in configs/ ('tiny', 'rain-v2', 'gpt2-124m')."""
-    path = Path(name_or_path)
-    candidates = [path, PRESET_DIR / path, PRESET_DIR / f"{path}.toml", Path("configs") / f"{path}.toml"]
-    for candidate in candidates:
+def preset_names(folder: Path = PRESET_DIR) -> str:
+    return ", ".join(sorted(p.stem for p in folder.glob("*.toml"))) or "none found"
+
+
+def find_preset(name_or_path: str | Path, folder: Path = PRESET_DIR, what: str = "config") -> Path:
+    """A path to a TOML file, or the name of a preset in `folder` (configs/: 'tiny', 'rain-v2', ...; the mixtures
+    in data/: 'rain-v2', 'cpt-mix')."""
+    path = Path(name_or_path).expanduser()
+    for candidate in (path, folder / path, folder / f"{path}.toml"):
         if candidate.is_file():
             return candidate
-    presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml"))) or "none found"
-    raise RainError(f"config {name_or_path}: no such file or preset (presets: {presets})")
+    raise RainError(f"{what} {name_or_path}: no such file or preset (presets: {preset_names(folder)})")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -215,7 +218,7 @@ def _base_config(source: str | Path | RunConfig | None) -> RunConfig:
         return RunConfig()
     if isinstance(source, RunConfig):
         return copy.deepcopy(source)
-    path = resolve_preset(source)
+    path = find_preset(source)
     if path.suffix == ".json":
         try:
             raw = json.loads(path.read_text())

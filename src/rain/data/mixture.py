@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from rain.config import find_preset
 from rain.data.filters import FilterConfig
 from rain.data.sources import Location, Source, validate_source
 from rain.errors import RainError
@@ -69,12 +70,7 @@ class Mixture:
 
 def resolve_mixture_path(name_or_path: str) -> Path:
     """A mixture TOML path, or the name of a preset in data/ ('rain-v2', 'cpt-mix')."""
-    path = Path(name_or_path).expanduser()
-    for candidate in (path, PRESET_DIR / path, PRESET_DIR / f"{path}.toml"):
-        if candidate.is_file():
-            return candidate
-    presets = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml"))) or "none found"
-    raise RainError(f"mixture {name_or_path}: no such file or preset (presets: {presets})")
+    return find_preset(name_or_path, PRESET_DIR, "mixture")
 
 
 def load_mixture(name_or_path: str | Path) -> Mixture:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rain import checkpoint as ckpt
 from rain.checkpoint import Checkpoint, HFModel, MissingParent
+from rain.eval.runner import read_results
 from rain.model.hf_weights import ARCHITECTURES, hf_model_type
 from rain.train.metrics import active_params
 
@@ -127,13 +128,7 @@ def _eval_section(checkpoint: Checkpoint) -> list[str]:
     folder = checkpoint.folder
     path = _results_path(folder)
     shown = f"the {'run' if _run_dir(folder) is not None else 'checkpoint'}'s `eval/results.jsonl`"  # not its path
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    rows = read_results(path)  # a damaged line is a one-line error: a published card must not skip results
     latest = {}
     for r in rows:  # a re-evaluation replaces the earlier row
         mine = r.get("step") == checkpoint.step and r.get("tokens") == checkpoint.tokens
