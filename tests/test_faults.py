@@ -146,3 +146,39 @@ def test_distinct_phases_cover_each_kind_of_save_once(reference):
     assert len(chosen) < len(ops) and chosen[0] == 1
     names = {ops[n - 1][1] for n in chosen}
     assert {"/checkpoints/.old-last", "/checkpoints/.tmp-step_0000002", "/checkpoints/best"} <= names
+
+
+def prepare_config():
+    cfg = tiny_run_config()
+    cfg.data.workers = 1  # in this process, where the faults are injected
+    cfg.data.shard_tokens = 4_000  # several shards, so several checkpoints of the shard pass
+    return cfg
+
+
+def prepared(out: Path) -> dict:
+    """What a prepared folder holds that must not depend on interruptions: the shards and the tokenizer."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"splits": manifest["splits"], "tokenizer": (out / "tokenizer.json").read_bytes(),
+            "bins": {p.name: p.read_bytes() for p in sorted(out.glob("*.bin"))}}
+
+
+def test_a_kill_at_any_operation_of_prepare_resumes_to_the_same_shards(tmp_path):
+    from rain.data.prepare import prepare
+    from tests.conftest import synthetic_documents
+
+    docs = synthetic_documents(600)
+    with pytest.MonkeyPatch.context() as mp:
+        injector = FaultInjector(mp, tmp_path / "reference")
+        prepare(prepare_config(), tmp_path / "reference", documents=lambda: iter(docs), log=lambda *_: None)
+    reference = prepared(tmp_path / "reference")
+    assert len(reference["bins"]) > 3
+    for n in distinct_phases(injector.ops):
+        out = tmp_path / f"kill-{n}"
+        with pytest.MonkeyPatch.context() as mp:
+            FaultInjector(mp, out, n, "kill")
+            with pytest.raises(Killed):
+                prepare(prepare_config(), out, documents=lambda: iter(docs), log=lambda *_: None)
+        if not (out / "manifest.json").exists():  # with the manifest written the data is complete (the report
+            prepare(prepare_config(), out, documents=lambda: iter(docs), log=lambda *_: None)  # is `rain data report`)
+        assert prepared(out) == reference, f"killed at operation {n} {injector.ops[n - 1]}"
+        shutil.rmtree(out)
