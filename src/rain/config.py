@@ -84,6 +84,16 @@ class TrainConfig:
     muon_weight_decay: float = 0.0
     checkpoint_layers: int = 0  # the first N blocks recompute activations in backward (less memory, ~+1/3 compute)
     auto_micro_batch: bool = False  # CUDA: use the largest micro_batch (<= micro_batch) that fits; accumulate the rest
+    # The GPU guard (rain.train.gpu_guard, through NVML: pip install 'rain[gpu]'): between steps, pause while the GPU
+    # is hotter or draws more than these limits (0: no limit), re-reading it until it is back under them.
+    gpu_max_temp: float = 0.0  # °C
+    gpu_resume_temp: float = 0.0  # °C a pause must cool below (0: 5 °C under gpu_max_temp)
+    gpu_max_power: float = 0.0  # W; a pause ends when the draw is under it again
+    gpu_check_every: int = 10  # with a limit set, read the GPU every N steps (else only at log steps)
+    # Seconds: a longer pause ends with a warning, cooled or not (a limit below idle). Under torchrun the other ranks
+    # wait in their next all-reduce, so it stays well below the NCCL timeout (10 min).
+    gpu_max_pause: float = 300.0
+    gpu_power_limit: float = 0.0  # W: set the board's power limit at the start, where permitted (0: leave it)
 
 
 @dataclass
@@ -257,6 +267,8 @@ RANGES = {
     "train.min_lr": "[0, inf)", "train.decay_frac": "[0, 1]", "train.weight_decay": "[0, inf)",
     "train.beta1": "[0, 1)", "train.beta2": "[0, 1)", "train.eps": "(0, inf)", "train.grad_clip": "[0, inf)",
     "train.seed": f"[0, {2**32 - 1}]", "train.eval_batches": "[1, inf)", "train.save_every": "[0, inf)",
+    "train.gpu_max_temp": "[0, 150]", "train.gpu_resume_temp": "[0, 150]", "train.gpu_max_power": "[0, inf)",
+    "train.gpu_check_every": "[1, inf)", "train.gpu_max_pause": "(0, inf)", "train.gpu_power_limit": "[0, inf)",
     "data.val_fraction": "[0, 0.5)", "data.shard_tokens": "[1, inf)", "data.max_docs": "[0, inf)",
     "data.seed": f"[0, {2**32 - 1}]", "data.workers": "[0, inf)", "data.tokenizer_sample_bytes": "[1, inf)",
     "data.max_doc_chars": "[0, inf)",

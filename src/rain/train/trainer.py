@@ -37,6 +37,7 @@ from rain.progress import progress
 from rain.runtime import Ranks, autocast_for, enable_tf32, pick_device
 from rain import checkpoint as ckpt
 from rain.train.batches import PretrainData, TrainData
+from rain.train.gpu_guard import GpuGuard
 from rain.train.metrics import (MetricsLog, active_params, flops_per_token, peak_flops, plot_losses, read_metrics,
                                 truncate_after)
 from rain.train.optim import build_optimizer, set_lr, warmup_steps
@@ -186,6 +187,7 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)  # the running loss of the current log window
         self.batches = Prefetcher(self.data, self.device)
         self._started = time.time()
+        self.guard = GpuGuard.start(t, self.device, log)  # GPU readings for the records; pauses when too hot
         self.resumed: tuple[Path | None, dict] = (None, {})  # the checkpoint resumed from, its validation
         source = ckpt.newest_complete(self.run_dir) if resume else None
         if source is not None:
@@ -324,6 +326,7 @@ class Trainer:
                 bar.update(1)
                 if stats.step % t.log_every == 0 or stats.step == self.total:
                     self._log_train(stats, metrics, bar)
+                self.guard.between_steps(stats.step, metrics, stop)  # a pause while the GPU is over a limit
                 stopping = stats.step < self.total and (stop.requested or (stop_after or math.inf) <= stats.step)
                 self._validate_and_save(stats.step, metrics, keep, stopping)
                 if stopping:
@@ -384,6 +387,7 @@ class Trainer:
         if self.peak_flops:
             entry["mfu"] = round(tok_s * self.flops_per_token / self.peak_flops, 4)
         entry.update(router_stats(self.model))
+        entry.update(self.guard.read(stats.step))
         if metrics is not None:
             metrics.log(entry)
             bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
