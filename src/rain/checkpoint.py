@@ -11,6 +11,12 @@ loaded without pickle:
     config.json            the resolved run config
     tokenizer.json         the tokenizer the model was trained with
 
+That is a full checkpoint, which a run resumes from (`last` always; `best` and `step_N` as train.keep_full says).
+A weights-only checkpoint has no optimizer.safetensors and a state.json without the records a resume reads
+(`"weights_only": true`, and `weights_dtype`: bf16 halves the disk); eval, export, sample and --init-from read
+it as any other, its weights cast back into the model's dtype on load. `DiskPlan` projects what a run's
+checkpoints will take on disk.
+
 Every stage reads them through here: `find` (a checkpoint, or a run's newest) and `find_all` (every checkpoint of
 a run) give `Checkpoint` values read once; `load_model` builds the model of one, or of a Hugging Face Qwen3/Llama
 folder (`is_hf_folder`); `lineage` follows init_from back to the first parent.
@@ -19,6 +25,7 @@ folder (`is_hf_folder`); `lineage` follows init_from back to the first parent.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -83,7 +90,9 @@ class DamagedCheckpoint(RainError):
     checkpoint and scores the others; every other command stops with this one line."""
 
 
-RESUME_HINT = "to resume, copy an earlier checkpoints/step_N over checkpoints/last, or start over with --overwrite"
+# step_N are weights only unless train.keep_full = "all"; best keeps the optimizer state by default.
+RESUME_HINT = ("to resume, copy checkpoints/best (or a step_N saved with train.keep_full=all: one with an "
+               "optimizer.safetensors) over checkpoints/last, or start over with --overwrite")
 
 
 def _damaged(path: Path, what: str, resume: bool = False) -> DamagedCheckpoint:
@@ -203,13 +212,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(folder: Path, model, optimizer, state: dict, cfg: RunConfig, tokenizer_path: Path,
-                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+                    extra_tensors: dict[str, torch.Tensor] | None = None,
+                    weights_dtype: torch.dtype | None = None) -> Path:
     """Write everything into a temporary sibling, fsync, then swap it in; a crash at any point leaves
-    the previous checkpoint (or, mid-swap, its `.old` copy, which `resolve` picks up) intact."""
+    the previous checkpoint (or, mid-swap, its `.old` copy, which `resolve` picks up) intact. With
+    `optimizer=None` the checkpoint holds weights only (see weights_only_state), in `weights_dtype` if given."""
     folder = Path(folder)
     tmp = folder.with_name(f".tmp-{folder.name}")
     try:
-        return _save(folder, tmp, model, optimizer, state, cfg, tokenizer_path, extra_tensors)
+        return _save(folder, tmp, model, optimizer, state, cfg, tokenizer_path, extra_tensors, weights_dtype)
     except (OSError, SafetensorError) as exc:  # a full disk, a quota: the earlier checkpoints are intact
         shutil.rmtree(tmp, ignore_errors=True)  # and a half-written one takes no space
         raise RainError(f"could not save {folder}: {getattr(exc, 'strerror', None) or exc}; the previous checkpoints "
@@ -217,15 +228,22 @@ def save_checkpoint(folder: Path, model, optimizer, state: dict, cfg: RunConfig,
 
 
 def _save(folder: Path, tmp: Path, model, optimizer, state: dict, cfg: RunConfig, tokenizer_path: Path,
-          extra_tensors: dict[str, torch.Tensor] | None) -> Path:
+          extra_tensors: dict[str, torch.Tensor] | None, weights_dtype: torch.dtype | None) -> Path:
     old = folder.with_name(f".old-{folder.name}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_tensors(model_state(model), tmp / "model.safetensors")
-    opt_tensors, opt_meta = optimizer_state(optimizer) if optimizer is not None else ({}, {"param_groups": [], "scalars": {}})
-    save_tensors({**opt_tensors, **{f"rng.{k}": v for k, v in (extra_tensors or {}).items()}}, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=2))
+    if optimizer is None:
+        weights = cast_weights(model_state(model), weights_dtype)
+        save_tensors(weights, tmp / "model.safetensors")
+        state = weights_only_state(state, weights)
+    else:
+        save_tensors(model_state(model), tmp / "model.safetensors")
+        opt_tensors, opt_meta = optimizer_state(optimizer)
+        save_tensors({**opt_tensors, **{f"rng.{k}": v for k, v in (extra_tensors or {}).items()}},
+                     tmp / "optimizer.safetensors")
+        state = {**state, "optimizer": opt_meta}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
     cfg.save(tmp / "config.json")
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
     for f in tmp.iterdir():
@@ -239,6 +257,159 @@ def _save(folder: Path, tmp: Path, model, optimizer, state: dict, cfg: RunConfig
     _fsync_dir(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def cast_weights(weights: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The floating-point tensors in `dtype` (None: as they are); load_model_state casts them back."""
+    if dtype is None:
+        return weights
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+
+
+# The state.json records only a resume reads: a weights-only checkpoint leaves them out.
+RESUME_ONLY = ("best_val", "loss_window", "loader", "optimizer", "micro_batch")
+
+
+def weights_only_state(state: dict, weights: dict[str, torch.Tensor]) -> dict:
+    """state.json of a weights-only checkpoint: step, tokens, validation, lineage; no loader or optimizer records,
+    so newest_complete never takes it for one to resume from."""
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in weights.values() if v.is_floating_point()})
+    return {**{k: v for k, v in state.items() if k not in RESUME_ONLY}, "weights_only": True,
+            "weights_dtype": ",".join(dtypes)}
+
+
+def is_weights_only(folder: Path) -> bool:
+    """A readable checkpoint saved without its optimizer state (see weights_only_state)."""
+    try:
+        return bool(read(folder).state.get("weights_only"))
+    except RainError:
+        return False
+
+
+def keeps_optimizer(name: str, keep_full: str) -> bool:
+    """Whether checkpoint `name` (last, best, step_N) is saved whole, per train.keep_full; `last` always is."""
+    return name == "last" or keep_full == "all" or (name == "best" and keep_full == "last,best")
+
+
+def not_resumable(run_dir: Path, names: list[str]) -> RainError:
+    """The one line for a run whose checkpoints (`names`) hold none that --resume can continue from: weights-only
+    ones (which are kept, and which a new run can start from) and damaged or incomplete ones."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    weights = [n for n in names if is_weights_only(checkpoints / n)]
+    damaged = [n for n in names if n not in weights]
+    kinds = ([f"weights only, without the optimizer state a resume needs: {', '.join(weights)}"] if weights else []) + \
+        ([f"damaged or incomplete: {', '.join(damaged)}"] if damaged else [])
+    todo = (f"start a new run from its weights with --init-from {checkpoints / weights[-1]} --out NEW, "
+            if weights else "mend one, ")
+    return RainError(f"{run_dir}: no checkpoint can be resumed from ({'; '.join(kinds)}); {todo}or start over "
+                     "with --overwrite")
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under `folder` (0 when it does not exist)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except FileNotFoundError:  # removed while listed (an old copy's clean-up)
+            pass
+    return total
+
+
+def format_size(n: float) -> str:
+    """Bytes for people, in powers of 1000 as disks are sold: 512 B, 268.5 MB, 30.1 GB."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.uint8: "U8"}
+Shapes = dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+def safetensors_bytes(tensors: Shapes) -> int:
+    """The size of a safetensors file holding tensors of these shapes and dtypes, its JSON header included."""
+    header, offset = {}, 0
+    for name, (shape, dtype) in tensors.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES.get(dtype, "F32"), "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":"))
+    return 8 + len(text) + -len(text) % 8 + offset
+
+
+def model_shapes(model: torch.nn.Module, dtype: torch.dtype | None = None) -> Shapes:
+    """What model.safetensors holds for `model` (a tied head once), in `dtype` if given; works on the meta device."""
+    model = getattr(model, "_orig_mod", model)
+    state = model.state_dict()
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return {k: (tuple(v.shape), dtype if dtype is not None and v.is_floating_point() else v.dtype)
+            for k, v in state.items()}
+
+
+# state.json besides the optimizer groups: step, tokens, validation, lineage (a little more with the loader's
+# position); measured on small runs, generous by a few hundred bytes.
+STATE_JSON_BYTES = {"full": 2_000, "weights_only": 1_000}
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """What a run's checkpoints take on disk when it ends: `step_checkpoints` step_N, `best` and `last`, each
+    full (weights, optimizer state, RNG) or weights only as train.keep_full says (rain train --dry-run, and the
+    Trainer's free-space check before a run starts)."""
+
+    parameters: int
+    step_checkpoints: int
+    keep_full: str
+    full_bytes: int  # one checkpoint with the optimizer state
+    weights_only_bytes: int  # one without it, its weights in weights_dtype
+    weights_dtype: str
+
+    def size(self, name: str) -> int:
+        return self.full_bytes if keeps_optimizer(name, self.keep_full) else self.weights_only_bytes
+
+    @property
+    def total(self) -> int:
+        return self.step_checkpoints * self.size("step_N") + self.size("best") + self.size("last")
+
+    @property
+    def peak(self) -> int:
+        """The most it takes at once: a new `last` is written beside the old one, then swapped in."""
+        return self.total + self.full_bytes
+
+    def describe(self) -> str:
+        """E.g. `100 step_N weights only (bf16, 269.6 MB each); best and last with the optimizer state (1.6 GB each)`."""
+        kinds: dict[bool, list[str]] = {False: [], True: []}
+        for name, label in (("step_N", f"{self.step_checkpoints} step_N"), ("best", "best"), ("last", "last")):
+            if name != "step_N" or self.step_checkpoints:
+                kinds[keeps_optimizer(name, self.keep_full)].append(label)
+        parts = [f"{_listed(kinds[False])} weights only ({self.weights_dtype}, {format_size(self.weights_only_bytes)} "
+                 "each)"] if kinds[False] else []
+        parts.append(f"{_listed(kinds[True])} with the optimizer state ({format_size(self.full_bytes)} each)")
+        return "; ".join(parts)
+
+
+def _listed(items: list[str]) -> str:
+    return " and ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def disk_plan(cfg: RunConfig, model: torch.nn.Module, optimizer: Shapes, step_checkpoints: int,
+              weights_dtype: torch.dtype, tokenizer_bytes: int) -> DiskPlan:
+    """The DiskPlan of a run of `cfg`: `model` may be on the meta device, `optimizer` is the shapes of the
+    optimizer.safetensors it writes (RNG state included)."""
+    config_bytes = len(json.dumps(cfg.to_dict(), indent=2)) + 1
+    shared = config_bytes + tokenizer_bytes
+    weights_only = safetensors_bytes(model_shapes(model, weights_dtype)) + STATE_JSON_BYTES["weights_only"] + shared
+    param_groups = 8 * len(optimizer)  # the parameter indices in state.json's optimizer record
+    full = (safetensors_bytes(model_shapes(model)) + safetensors_bytes(optimizer) + STATE_JSON_BYTES["full"]
+            + param_groups + shared)
+    return DiskPlan(parameters=sum(p.numel() for p in model.parameters()), step_checkpoints=step_checkpoints,
+                    keep_full=cfg.train.keep_full, full_bytes=full, weights_only_bytes=weights_only,
+                    weights_dtype={torch.bfloat16: "bf16", torch.float32: "fp32"}.get(weights_dtype, str(weights_dtype)))
 
 
 def resolve(folder: Path) -> Path:

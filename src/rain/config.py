@@ -94,6 +94,14 @@ class TrainConfig:
     # wait in their next all-reduce, so it stays well below the NCCL timeout (10 min).
     gpu_max_pause: float = 300.0
     gpu_power_limit: float = 0.0  # W: set the board's power limit at the start, where permitted (0: leave it)
+    # Which checkpoints keep the optimizer state a resume needs: "last" (always), "last,best" or "all" (every step_N
+    # too, as before: ~3x the disk of weights only with AdamW). The others hold weights only, for eval, export, sample
+    # and --init-from.
+    keep_full: str = "last,best"
+    # The weights of weights-only checkpoints: auto (bf16 when training computes in bf16: train.dtype bf16, or auto on
+    # a GPU; else fp32) | bf16 (half the disk; read back into fp32) | fp32. Full checkpoints keep the weights exact.
+    intermediate_dtype: str = "auto"
+    ignore_disk_check: bool = False  # start even when the run folder's disk has less free space than its checkpoints need
 
 
 @dataclass
@@ -273,6 +281,7 @@ RANGES = {
     "data.seed": f"[0, {2**32 - 1}]", "data.workers": "[0, inf)", "data.tokenizer_sample_bytes": "[1, inf)",
     "data.max_doc_chars": "[0, inf)",
 }
+KEEP_FULL = ("last", "last,best", "all")  # train.keep_full: the checkpoints that keep the optimizer state
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
@@ -337,6 +346,10 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.muon_schedule {t.muon_schedule!r} must be cosine, wsd or constant")
     if t.muon_lr <= 0 or t.muon_warmup < 0 or t.muon_weight_decay < 0 or not 0 <= t.muon_momentum < 1:
         problems.append("train.muon_lr must be positive, muon_warmup and muon_weight_decay >= 0, 0 <= muon_momentum < 1")
+    if t.keep_full not in KEEP_FULL:
+        problems.append(f"train.keep_full {t.keep_full!r} must be {', '.join(KEEP_FULL[:-1])} or {KEEP_FULL[-1]}")
+    if t.intermediate_dtype not in ("auto", "bf16", "fp32"):
+        problems.append(f"train.intermediate_dtype {t.intermediate_dtype!r} must be auto, bf16 or fp32")
     if not 0 <= t.checkpoint_layers <= m.n_layer:
         problems.append(f"train.checkpoint_layers ({t.checkpoint_layers}) must be between 0 and model.n_layer ({m.n_layer})")
     if problems:

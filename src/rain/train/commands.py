@@ -45,8 +45,44 @@ def train_config(config: str, overrides: list[str], out: str | Path, *, resume: 
 def cmd_train(args) -> None:
     from rain.train.trainer import train
 
-    cfg = train_config(args.config, args.set, args.out, resume=args.resume, data=args.data)
+    if args.out is None and not (args.dry_run and not args.resume):
+        raise RainError("rain train needs --out RUN, the run folder (only --dry-run goes without one)")
+    cfg = train_config(args.config, args.set, args.out or ".", resume=args.resume, data=args.data)
+    if args.dry_run:
+        print(format_plan(args.config, cfg, args.out))
+        return
     train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, init_from=args.init_from, stop_after=args.stop_after)
+
+
+def format_plan(config: str, cfg: RunConfig, out: str | None) -> str:
+    """What `rain train --dry-run` prints: the run's size and its checkpoints' projected disk, from the config
+    alone (the model and optimizer are built on the meta device; no data or GPU needed). With --out, whether the
+    checkpoints fit on that folder's file system."""
+    import torch
+
+    from rain import checkpoint as ckpt
+    from rain.runtime import pick_device
+    from rain.train.trainer import check_free_space, checkpoint_disk_plan
+
+    m, t = cfg.model, cfg.train
+    device = pick_device("auto") if t.device == "auto" else torch.device(t.device)  # where bf16 `auto` is decided
+    tokenizer = Path(cfg.data.dir) / "tokenizer.json" if cfg.data.dir else None
+    plan = checkpoint_disk_plan(cfg, device, tokenizer)
+    steps, tokens_per_step = cfg.total_steps(), cfg.tokens_per_step()
+    lines = [f"rain train --config {config}: the plan (nothing is trained)",
+             f"  model        {plan.parameters:,} parameters ({m.n_layer} layers x {m.d_model}, vocab {m.vocab_size:,}, "
+             f"context {m.context:,})",
+             f"  steps        {steps:,} of {tokens_per_step:,} tokens = {steps * tokens_per_step:,} tokens",
+             f"  checkpoints  {plan.describe()}",
+             f"  disk         {ckpt.format_size(plan.total)} ({plan.total:,} bytes) of checkpoints when the run ends; "
+             f"{ckpt.format_size(plan.peak)} at most, while a new last is written beside the old"]
+    if out is not None:
+        try:
+            check_free_space(Path(out), plan)
+            lines.append(f"  free space   enough for them where {out} is")
+        except RainError as exc:
+            lines.append(f"  free space   NOT enough: {exc}")
+    return "\n".join(lines)
 
 
 def load_checkpoint(path: str, device: str):
@@ -227,9 +263,11 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                        "run_summary.json and loss.png into --out.")
     add_config_args(p)
     p.add_argument("--data", help="prepared data folder (from `rain prepare`); on --resume the run's own is used")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", help="run folder (required, except with --dry-run)")
     add_run_args(p)
     p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer and schedule")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (parameters, steps, tokens, checkpoints and "
+                   "their projected disk) and train nothing; needs no prepared data and no GPU")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="complete prompts with a trained model", description=

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from rain.config import RunConfig
+from rain.config import RunConfig, TrainConfig
 from rain.errors import RainError
 from rain.files import FolderLock, write_json_atomic
 from rain.model.moe import router_stats
@@ -86,6 +86,50 @@ def checkpoint_steps(total: int, n: int) -> set[int]:
     return {max(1, round(total * k / n)) for k in range(1, n + 1)} if n else set()
 
 
+def weights_only_dtype(t: TrainConfig, device: torch.device) -> torch.dtype:
+    """The dtype of weights-only checkpoints (train.intermediate_dtype): auto is bf16 when the run computes in
+    bf16 (its autocast), where storing bf16 loses little; an fp32 run keeps fp32, so evaluating a step_N gives
+    exactly the validation loss training recorded."""
+    computes_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")  # as autocast_for decides
+    bf16 = t.intermediate_dtype == "bf16" or (t.intermediate_dtype == "auto" and computes_bf16)
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def checkpoint_disk_plan(cfg: RunConfig, device: torch.device, tokenizer_path: Path | None = None,
+                         total: int | None = None) -> ckpt.DiskPlan:
+    """What the run's checkpoints will take on disk (rain.checkpoint.DiskPlan), from a model and optimizer built
+    on the meta device: no memory, no data, no GPU. Without a tokenizer file its size is estimated; `total`: the
+    run's steps (default: the config's)."""
+    with torch.device("meta"):
+        model = Transformer(cfg.model)
+    optimizer, index = {}, 0
+    for group in build_optimizer(model, cfg.train, "cpu").param_groups:  # state_dict numbers params in this order
+        for p in group["params"]:
+            slots = ("momentum_buffer",) if group.get("muon") else ("exp_avg", "exp_avg_sq")
+            optimizer.update({f"{index}.{slot}": (tuple(p.shape), p.dtype) for slot in slots})
+            if not group.get("muon"):
+                optimizer[f"{index}.step"] = ((), torch.float32)
+            index += 1
+    optimizer["rng.cpu"] = (tuple(torch.get_rng_state().shape), torch.uint8)
+    # A BPE tokenizer.json holds its vocabulary and merges: about 64 bytes per token.
+    tokenizer_bytes = tokenizer_path.stat().st_size if tokenizer_path and tokenizer_path.is_file() else 64 * cfg.model.vocab_size
+    steps = len(checkpoint_steps(total or cfg.total_steps(), cfg.train.checkpoints))
+    return ckpt.disk_plan(cfg, model, optimizer, steps, weights_only_dtype(cfg.train, device), tokenizer_bytes)
+
+
+def check_free_space(run_dir: Path, plan: ckpt.DiskPlan) -> None:
+    """Refuse, before anything is written, a run whose checkpoints will not fit on its folder's file system (the
+    checkpoints already there count as room: --overwrite replaces them, --resume goes on from them)."""
+    needed = plan.peak - ckpt.folder_bytes(run_dir / "checkpoints")
+    folder = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise RainError(f"{run_dir}: its checkpoints need about {ckpt.format_size(needed)} ({plan.describe()}; and room "
+                        f"for a new last beside the old) but {folder} has {ckpt.format_size(free)} free: free space, "
+                        "keep fewer (train.checkpoints, train.keep_full, train.intermediate_dtype=bf16), or go on "
+                        "anyway with --set train.ignore_disk_check=true")
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, log=print, began: bool = False) -> None:
     """Check the run folder against --resume / --overwrite and clear what a fresh start replaces. Resuming a run
     that stopped before its first complete checkpoint starts it again from step 0: nothing is lost. `began`: a
@@ -98,9 +142,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, log=print, beg
         if ckpt.newest_complete(run_dir) is not None:
             return
         damaged = sorted(p.name for p in (run_dir / "checkpoints").glob("*")) if (run_dir / "checkpoints").is_dir() else []
-        if damaged:  # never delete them: they may be mended by hand
-            raise RainError(f"{run_dir}: no checkpoint can be resumed from (damaged or incomplete: {', '.join(damaged)}); "
-                            "mend one, or start over with --overwrite")
+        if damaged:  # never delete them: they may be mended by hand, or hold weights a new run can start from
+            raise ckpt.not_resumable(run_dir, damaged)
         log(f"{run_dir}: no complete checkpoint to resume from yet; starting the run again from step 0")
     elif has_run and not overwrite:
         raise RainError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite to replace it")
@@ -171,8 +214,12 @@ class Trainer:
         self.total = cfg.total_steps()
         self.tokens_per_step = t.batch_size * cfg.model.context
         self.lock = None
+        self.weights_dtype = weights_only_dtype(t, self.device)
+        self.disk_plan = checkpoint_disk_plan(cfg, self.device, self.data.tokenizer_path, self.total)
         if self.ranks.main:
             check_not_parent(self.run_dir, None if resume else init_from)
+            if not t.ignore_disk_check:
+                check_free_space(self.run_dir, self.disk_plan)
             began = (self.run_dir / FolderLock.NAME).exists()
             self.lock = FolderLock(self.run_dir, "rain train")  # two runs in one folder would mix their records
             prepare_run_dir(self.run_dir, resume, overwrite, log, began)
@@ -293,10 +340,14 @@ class Trainer:
         self.log(f"resumed {self.run_dir}{where} at step {self.step_count}/{self.total}")
 
     def save(self, name: str, val: dict | None = None) -> None:
+        """Save checkpoint `name`: whole (optimizer and RNG state too) when train.keep_full keeps it so (`last`
+        always), else its weights only, in self.weights_dtype."""
         if self.ranks.main:
-            ckpt.save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.optimizer,
+            full = ckpt.keeps_optimizer(name, self.cfg.train.keep_full)
+            ckpt.save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.optimizer if full else None,
                                  {**self.state_dict(), **(val or {})}, self.cfg, self.data.tokenizer_path,
-                                 extra_tensors={"cpu": torch.get_rng_state()})
+                                 extra_tensors={"cpu": torch.get_rng_state()},
+                                 weights_dtype=None if full else self.weights_dtype)
 
     # ---- the run ---------------------------------------------------------------------------------
 
@@ -344,7 +395,7 @@ class Trainer:
         if source is None or source.name == "last" or not self.ranks.main:
             return
         step_n = self.run_dir / "checkpoints" / f"step_{self.step_count:07d}"
-        if self.step_count in keep and not all((step_n / f).is_file() for f in ckpt.FILES):
+        if self.step_count in keep and not all((step_n / f).is_file() for f in ckpt.WEIGHT_FILES):
             self.save(step_n.name, val)
         self.save("last", val)
 
@@ -539,6 +590,8 @@ def summarize(trainer: Trainer, records: list[dict]) -> dict:
         "final_val_bpb": vals[-1].get("val_bpb") if vals else None,
         "best_val_loss": trainer.best_val if math.isfinite(trainer.best_val) else None,
         "tokens_per_s": round(sum(r["tokens_per_s"] for r in trains) / len(trains), 1) if trains else None,
+        "checkpoint_bytes": ckpt.folder_bytes(trainer.run_dir / "checkpoints"),  # what the checkpoints take on disk
+        "checkpoint_bytes_projected": trainer.disk_plan.total,  # what the run's plan said they would, at its end
         **trainer.data.describe(), **trainer.lineage,
     }
 
@@ -554,4 +607,6 @@ def format_summary(s: dict) -> str:
         first = f"{s['first_val_loss']:.4f} -> " if s.get("first_val_loss") is not None else ""
         best = f" (best {s['best_val_loss']:.4f})" if s.get("best_val_loss") is not None else ""
         lines.append(f"  validation loss {first}{s['final_val_loss']:.4f}{best}")
+    if s.get("checkpoint_bytes") is not None:
+        lines.append(f"  checkpoints {ckpt.format_size(s['checkpoint_bytes'])} on disk ({s['checkpoint_bytes']:,} bytes)")
     return "\n".join(lines)
