@@ -51,13 +51,18 @@ def number(kind: type, allowed: str):
     return convert
 
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """What a command that writes a run folder takes (rain train, rain sft): --resume or --overwrite, --stop-after."""
+def add_run_args(p: argparse.ArgumentParser, time_limit: bool = False) -> None:
+    """What a command that writes a run folder takes (rain train, rain sft): --resume or --overwrite, --stop-after;
+    --time-limit where the command passes it on (time_limit=True)."""
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     group.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--stop-after", type=number(int, "[1, inf)"), metavar="STEP",
                    help="save and stop after this step (continue later with --resume)")
+    if time_limit:
+        p.add_argument("--time-limit", type=number(float, "(0, inf)"), metavar="HOURS",
+                       help="save and stop before this many hours have passed, leaving time for the save (estimated "
+                       "from the measured step, validation and save times); continue later with --resume")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -53,6 +53,9 @@ class ModelConfig:
 class TrainConfig:
     total_tokens: int = 0  # token budget; steps = total_tokens // tokens_per_step (max_steps wins if set)
     max_steps: int = 0
+    # Passes over the training windows: steps = epochs x windows per epoch / batch_size, rounded up; the run also
+    # validates at the end of each epoch. max_steps wins over it, and it over total_tokens.
+    epochs: float = 0.0
     batch_size: int = 64  # sequences per optimizer step
     micro_batch: int = 64  # sequences per forward/backward; the rest is gradient accumulation
     lr: float = 3e-4
@@ -74,6 +77,23 @@ class TrainConfig:
     eval_batches: int = 20
     checkpoints: int = 100  # evenly spaced intermediate checkpoints kept over the run
     save_every: int = 0  # refresh `last` every N steps (0: at each evaluation)
+    # The divergence guard (rain.train.long_run). A step whose loss or gradient norm is not finite is skipped: the
+    # weights never see it. These call for on_divergence: max_bad_steps skipped steps in a row (0: never), or a
+    # logged loss above spike_factor x the median of the last spike_window logged losses (0: no spike check).
+    max_bad_steps: int = 5
+    spike_factor: float = 3.0
+    spike_window: int = 20  # the spike check starts once this many losses are logged
+    # rollback: reload the newest complete checkpoint, skip the data trained on since, and train at
+    # rollback_lr_factor x the learning rate for rollback_lr_steps steps; after max_rollbacks, or before any
+    # checkpoint, it stops. stop: end at once (exit 2), saving nothing new.
+    on_divergence: str = "rollback"  # rollback | stop
+    rollback_lr_factor: float = 0.5
+    rollback_lr_steps: int = 1000
+    max_rollbacks: int = 5
+    # Early stopping: end the run (saving last, keeping best) after this many validations in a row without an
+    # improvement of at least early_stop_min_delta in the validation loss (0: never).
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
     tracker: str = "none"  # none | trackio | tensorboard
     doc_mask: bool = False
     optimizer: str = "adamw"  # adamw | muon (Muon for the hidden 2-D matrices, AdamW for embeddings and norms)
@@ -275,6 +295,9 @@ RANGES = {
     "train.min_lr": "[0, inf)", "train.decay_frac": "[0, 1]", "train.weight_decay": "[0, inf)",
     "train.beta1": "[0, 1)", "train.beta2": "[0, 1)", "train.eps": "(0, inf)", "train.grad_clip": "[0, inf)",
     "train.seed": f"[0, {2**32 - 1}]", "train.eval_batches": "[1, inf)", "train.save_every": "[0, inf)",
+    "train.epochs": "[0, inf)", "train.max_bad_steps": "[0, inf)", "train.spike_factor": "[0, inf)",
+    "train.spike_window": "[1, inf)", "train.rollback_lr_factor": "(0, 1]", "train.rollback_lr_steps": "[0, inf)",
+    "train.max_rollbacks": "[0, inf)", "train.early_stop_patience": "[0, inf)", "train.early_stop_min_delta": "[0, inf)",
     "train.gpu_max_temp": "[0, 150]", "train.gpu_resume_temp": "[0, 150]", "train.gpu_max_power": "[0, inf)",
     "train.gpu_check_every": "[1, inf)", "train.gpu_max_pause": "(0, inf)", "train.gpu_power_limit": "[0, inf)",
     "data.val_fraction": "[0, 0.5)", "data.shard_tokens": "[1, inf)", "data.max_docs": "[0, inf)",
@@ -328,8 +351,12 @@ def validate(cfg: RunConfig) -> None:
         problems.append("train.batch_size and train.micro_batch must be positive")
     elif t.batch_size % t.micro_batch:
         problems.append(f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batch ({t.micro_batch})")
-    if t.max_steps <= 0 and t.total_tokens <= 0:
-        problems.append("set train.max_steps or train.total_tokens")
+    if t.max_steps <= 0 and t.total_tokens <= 0 and t.epochs <= 0:
+        problems.append("set train.max_steps, train.total_tokens or train.epochs")
+    if t.on_divergence not in ("rollback", "stop"):
+        problems.append(f"train.on_divergence {t.on_divergence!r} must be rollback or stop")
+    if 0 < t.spike_factor <= 1:
+        problems.append(f"train.spike_factor ({t.spike_factor}) must be 0 (off) or above 1: a loss at or under the median is no spike")
     if t.schedule not in ("cosine", "wsd", "constant"):
         problems.append(f"train.schedule {t.schedule!r} must be cosine, wsd or constant")
     if t.dtype not in ("auto", "bf16", "fp32"):

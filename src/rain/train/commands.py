@@ -51,7 +51,8 @@ def cmd_train(args) -> None:
     if args.dry_run:
         print(format_plan(args.config, cfg, args.out))
         return
-    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, init_from=args.init_from, stop_after=args.stop_after)
+    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, init_from=args.init_from, stop_after=args.stop_after,
+          time_limit=args.time_limit * 3600 if args.time_limit else None)
 
 
 def format_plan(config: str, cfg: RunConfig, out: str | None) -> str:
@@ -264,7 +265,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--data", help="prepared data folder (from `rain prepare`); on --resume the run's own is used")
     p.add_argument("--out", help="run folder (required, except with --dry-run)")
-    add_run_args(p)
+    add_run_args(p, time_limit=True)
     p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer and schedule")
     p.add_argument("--dry-run", action="store_true", help="print the plan (parameters, steps, tokens, checkpoints and "
                    "their projected disk) and train nothing; needs no prepared data and no GPU")

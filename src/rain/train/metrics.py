@@ -109,10 +109,12 @@ def smooth(values, half_window: int) -> list[float]:
 
 
 def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
-    """Training loss (as logged, and smoothed by `smooth`) and validation loss against tokens seen."""
+    """Training loss (as logged, and smoothed by `smooth`) and validation loss against tokens seen, with a dashed
+    vertical line where each epoch ended."""
     records = read_metrics(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
     if not train:
         return None
     import matplotlib
@@ -131,6 +133,8 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
     ax.plot(x, y, color="tab:blue", alpha=0.6, lw=1, label="train (as logged)")
     if val:
         ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", color="tab:orange", label="validation")
+    for i, r in enumerate(epochs):
+        ax.axvline(r["tokens"], color="gray", ls="--", lw=1, label="end of an epoch" if i == 0 else None)
     tokens_axis(ax)
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)

@@ -40,6 +40,7 @@ from rain.train.batches import PretrainData, TrainData
 from rain.train.gpu_guard import GpuGuard
 from rain.train.metrics import (MetricsLog, active_params, flops_per_token, peak_flops, plot_losses, read_metrics,
                                 truncate_after)
+from rain.train.long_run import Deadline, DivergenceGuard, EarlyStopping, ends_epoch, epoch_windows, epochs_done, run_steps
 from rain.train.optim import build_optimizer, set_lr, warmup_steps
 from rain.train.validation import format_validation, source_losses, validation_report
 
@@ -78,7 +79,11 @@ class Prefetcher:
 class StepStats:
     step: int  # optimizer steps done, this one included
     lr: float
-    grad_norm: torch.Tensor  # left on the device: reading it would wait for the GPU every step
+    grad_norm: torch.Tensor
+    loss: float = math.nan  # the step's mean loss and gradient norm, as read in the step's one host sync
+    norm: float = math.nan
+    skipped: bool = False  # not applied: the loss or the gradient norm was not finite
+    stop_voted: bool = False  # a process (of every rank) asked the run to stop after this step: --time-limit
 
 
 def checkpoint_steps(total: int, n: int) -> set[int]:
@@ -211,7 +216,7 @@ class Trainer:
             raise RainError(f"train.batch_size ({t.batch_size}) must be a multiple of micro_batch x processes "
                             f"({self.micro_batch} x {self.ranks.world})")
         self.grad_accum = t.batch_size // (self.micro_batch * self.ranks.world)
-        self.total = cfg.total_steps()
+        self.total = run_steps(cfg, self.data)  # max_steps, epochs or total_tokens
         self.tokens_per_step = t.batch_size * cfg.model.context
         self.lock = None
         self.weights_dtype = weights_only_dtype(t, self.device)
@@ -232,6 +237,7 @@ class Trainer:
         # The loop state a checkpoint carries (see state_dict).
         self.step_count, self.best_val, self.wall_before, self.window_steps = 0, math.inf, 0.0, 0
         self.loss_sum = torch.zeros((), device=self.device)  # the running loss of the current log window
+        self.divergence, self.early_stop = DivergenceGuard(t), EarlyStopping(t)  # long-run state (rain.train.long_run)
         self.batches = Prefetcher(self.data, self.device)
         self._started = time.time()
         self.guard = GpuGuard.start(t, self.device, log)  # GPU readings for the records; pauses when too hot
@@ -274,11 +280,18 @@ class Trainer:
 
     # ---- one step, one evaluation ------------------------------------------------------------------
 
-    def step(self) -> StepStats:
+    def step(self, stop_vote: bool = False) -> StepStats:
         """One optimizer step: grad_accum micro-batches (gradients synchronised across ranks on the last), clip,
-        update. The loss is added to the log window on the device, so nothing here waits for the GPU."""
+        update. A step whose loss or gradient norm is not finite is skipped: its update never reaches the weights.
+        stop_vote: this process wants the run to end after this step (--time-limit); under DDP every rank learns
+        of it in the same step (StepStats.stop_voted), so they all stop together."""
         t = self.cfg.train
         lr = set_lr(self.optimizer, self.step_count, self.total, t)
+        if self.divergence.lr_factor() != 1.0:  # lowered for a while after a rollback
+            lr *= self.divergence.lr_factor()
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.divergence.lr_factor()
+        step_loss = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
             x, y, doc = self.batches.next_batch()
             self.phase_done("data")
@@ -287,14 +300,37 @@ class Trainer:
                 with self.autocast:
                     loss = self.step_model(x, y, doc_ids=doc) / self.grad_accum
                 loss.backward()
-            self.loss_sum += loss.detach()
+            step_loss += loss.detach()
         self.phase_done("forward_backward")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-        self.optimizer.step()
+        loss_value, norm, stop_voted = self._read_step(step_loss, grad_norm, stop_vote)
+        skipped = not (math.isfinite(loss_value) and math.isfinite(norm))
+        if not skipped:
+            self.optimizer.step()
+            self.loss_sum += step_loss
+            self.window_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
+        # A skipped step still counts: the step number, the LR schedule and the data move on as if it were taken, so
+        # the run keeps its planned length and cadence (validations, checkpoints, its end) and resumes exactly; only
+        # the batch is lost. Holding the schedule back instead would stretch the run and repeat its step numbers.
         self.step_count += 1
-        self.window_steps += 1
-        return StepStats(self.step_count, lr, grad_norm)
+        self.divergence.step_taken()
+        return StepStats(self.step_count, lr, grad_norm, loss_value, norm, skipped, stop_voted)
+
+    def _read_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor, stop_vote: bool) -> tuple[float, float, bool]:
+        """The step's loss and gradient norm on the host: the one wait for the GPU in a step, and one it needs,
+        since whether the update may be applied depends on them (checked only at log steps, a NaN would reach the
+        weights first). Under DDP they are summed over the ranks in the same transfer, with the stop votes: a
+        non-finite value on any rank makes every rank skip the step, and one vote stops them all, so the ranks
+        never drift apart."""
+        values = torch.stack([step_loss.float(), grad_norm.float()])
+        if self.ranks.world == 1:
+            loss, norm = values.tolist()
+            return loss, norm, stop_vote
+        values = torch.cat([values, torch.full((1,), float(stop_vote), device=values.device)])
+        dist.all_reduce(values)
+        loss, norm, votes = values.tolist()
+        return loss / self.ranks.world, norm / self.ranks.world, votes > 0  # every rank has the same norm
 
     def phase_done(self, phase: str) -> None:
         """Called in step() as each phase ends: "data" (a micro-batch is on the device) and "forward_backward"
@@ -312,7 +348,8 @@ class Trainer:
         return {"step": self.step_count, "tokens": self.step_count * self.tokens_per_step,
                 "loader": self.batches.state_dict(), "best_val": self.best_val,
                 "loss_window": [float(self.loss_sum), self.window_steps], "wall_seconds": self.wall_seconds(),
-                "micro_batch": self.micro_batch, **self.data.describe(), **self.lineage}
+                "micro_batch": self.micro_batch, "divergence": self.divergence.state_dict(),
+                "early_stop": self.early_stop.state_dict(), **self.data.describe(), **self.lineage}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count, self.best_val = state["step"], state["best_val"]
@@ -321,6 +358,8 @@ class Trainer:
         self.window_steps = state["loss_window"][1]
         self.lineage.update({k: state[k] for k in ("init_from",) if k in state})
         self.data.load_state_dict(state["loader"])
+        self.divergence.load_state_dict(state.get("divergence", {}))  # absent in checkpoints of older rain
+        self.early_stop.load_state_dict(state.get("early_stop", {}))
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.time() - self._started
@@ -351,14 +390,15 @@ class Trainer:
 
     # ---- the run ---------------------------------------------------------------------------------
 
-    def fit(self, stop_after: int | None = None) -> dict:
-        """Step until the end of the schedule (or stop_after, or Ctrl-C / SIGTERM, which stop at a step boundary
-        and save `last` so the run resumes exactly), logging, evaluating and saving on the config's cadence.
+    def fit(self, stop_after: int | None = None, deadline: Deadline | None = None) -> dict:
+        """Step until the end of the schedule (or stop_after, the `deadline` of --time-limit, early stopping, or
+        Ctrl-C / SIGTERM, which stop at a step boundary and save `last` so the run resumes exactly), logging,
+        evaluating and saving on the config's cadence, and acting on a divergence (rain.train.long_run).
         The run folder stays locked to this process until its summary is written, or fit fails."""
         with closing_all(self.lock):
-            return self._fit(stop_after)
+            return self._fit(stop_after, deadline or Deadline())
 
-    def _fit(self, stop_after: int | None) -> dict:
+    def _fit(self, stop_after: int | None, deadline: Deadline) -> dict:
         t, main = self.cfg.train, self.ranks.main
         keep = checkpoint_steps(self.total, t.checkpoints)
         metrics = MetricsLog(self.run_dir, self.cfg, self.run_dir.name) if main else None
@@ -366,23 +406,39 @@ class Trainer:
             write_json_atomic(self.run_dir / "config.json", self.cfg.to_dict())
         bar = progress(total=self.total, initial=self.step_count, desc="train", unit="step", disable=None if main else True)
         self.lines = LineLog(self.log, bar)
+        self.deadline, self.epoch_windows, self.stop_reason = deadline, epoch_windows(self.data), None
         if self.step_count == 0:
-            self._validate(metrics)
+            with deadline.timing("eval"):
+                self._validate(metrics)
         self.model.train()
         self._complete_saves(keep)
+        self._relog_rollbacks(metrics)
         self.meter = ThroughputMeter(self)
         with closing_all(bar, metrics), quiet_gc(), stop_signals() as stop:
             while self.step_count < self.total:
-                stats = self.step()
+                deadline.step_began()
+                must_be_last = deadline.no_room(self._evaluates(self.step_count + 1), self._evaluates(self.step_count + 2))
+                stats = self.step(stop_vote=must_be_last)
                 bar.update(1)
-                if stats.step % t.log_every == 0 or stats.step == self.total:
-                    self._log_train(stats, metrics, bar)
+                diverged = self._check_step(stats, metrics)
+                if (stats.step % t.log_every == 0 or stats.step == self.total) and self.window_steps and not stats.skipped:
+                    entry = self._log_train(stats, metrics, bar)
+                    diverged = diverged or self.divergence.check_loss(entry["loss"])
+                deadline.step_ended()  # the step's time: its validation and saves are measured apart
                 self.guard.between_steps(stats.step, metrics, stop)  # a pause while the GPU is over a limit
-                stopping = stats.step < self.total and (stop.requested or (stop_after or math.inf) <= stats.step)
-                self._validate_and_save(stats.step, metrics, keep, stopping)
+                if diverged:
+                    self._diverged(diverged, metrics, bar)  # back to a checkpoint, and on from there; or it raises
+                    continue
+                self._mark_epoch(stats.step, metrics)
+                stopping = self._why_stop(stats, stop.requested, stop_after) if stats.step < self.total else None
+                ended = self._validate_and_save(stats.step, metrics, keep, stopping is not None)
+                if ended:
+                    self.stop_reason = ended
+                    self.log(f"stopped after step {stats.step}, {ended}; saved checkpoints/last, kept checkpoints/best")
+                    break
                 if stopping:
-                    self.log(f"{'stopped by ' + stop.requested if stop.requested else 'stopped'} after step "
-                             f"{stats.step}; saved checkpoints/last, continue with --resume")
+                    said, self.stop_reason = stopping
+                    self.log(f"{said} after step {stats.step}; saved checkpoints/last, continue with --resume")
                     break
         if stop.requested and self.step_count < self.total:
             raise KeyboardInterrupt  # the CLI exits 130; the run is saved
@@ -399,13 +455,16 @@ class Trainer:
             self.save(step_n.name, val)
         self.save("last", val)
 
-    def _validate_and_save(self, step: int, metrics, keep: set[int], stopping: bool) -> None:
+    def _validate_and_save(self, step: int, metrics, keep: set[int], stopping: bool) -> str | None:
         """Validate on the cadence, then save this step's checkpoints: `best` (a new lowest validation loss), a kept
         `step_N`, then `last`. `last` is written last: a crash before it resumes from the previous `last` and
-        saves this step's checkpoints again, so a kept step_N can never be skipped."""
+        saves this step's checkpoints again, so a kept step_N can never be skipped. Returns why the run ends here
+        (early stopping), or None."""
         t = self.cfg.train
-        evaluated = step % t.eval_every == 0 or step == self.total
-        val = self._validate(metrics) if evaluated else None
+        evaluated = self._evaluates(step)
+        with self.deadline.timing("eval", evaluated):
+            val = self._validate(metrics) if evaluated else None
+        ended = self.early_stop.validated(step, val["val_loss"]) if val is not None and step < self.total else None
         names = []
         if val is not None and val["val_loss"] < self.best_val:
             self.best_val = val["val_loss"]
@@ -413,20 +472,23 @@ class Trainer:
         if step in keep:
             names.append(f"step_{step:07d}")
         if (evaluated and not t.save_every) or (t.save_every and step % t.save_every == 0) or step == self.total \
-                or stopping:
+                or stopping or ended:
             names.append("last")
-        for name in names:
-            self.save(name, val)
+        with self.deadline.timing("save", bool(names)):
+            for name in names:
+                self.save(name, val)
+        return ended
 
     def _validate(self, metrics) -> dict:
         report = self.evaluate()
-        record = {"kind": "val", "step": self.step_count, "tokens": self.step_count * self.tokens_per_step, **report}
+        record = {"kind": "val", "step": self.step_count, "tokens": self.step_count * self.tokens_per_step,
+                  **self._epoch(self.step_count), **report}
         if metrics is not None:
             metrics.log(record)
             self.lines.log(format_validation(self.step_count, report))
         return report
 
-    def _log_train(self, stats: StepStats, metrics, bar) -> None:
+    def _log_train(self, stats: StepStats, metrics, bar) -> dict:
         window_loss = self.loss_sum.clone()
         if self.ranks.world > 1:
             dist.all_reduce(window_loss, op=dist.ReduceOp.AVG)
@@ -446,22 +508,135 @@ class Trainer:
         self.loss_sum.zero_()
         self.window_steps = 0
         gc.collect()
+        return entry
 
     def _finish(self) -> dict:
-        summary = summarize(self, read_metrics(self.run_dir))
+        summary = {**summarize(self, read_metrics(self.run_dir)), **self._long_run_summary()}
         write_json_atomic(self.run_dir / "run_summary.json", summary)
         plot_losses(self.run_dir)
         self.log(format_summary(summary))
+        for line in long_run_lines(summary):
+            self.log(line)
         return summary
+
+    # ---- the long run (rain.train.long_run) ------------------------------------------------------------
+
+    def _evaluates(self, step: int) -> bool:
+        """Whether step `step` validates: every eval_every steps, at the end, and at each epoch's end in a run
+        measured in epochs (train.epochs)."""
+        t = self.cfg.train
+        epoch_end = t.epochs > 0 and self.epoch_windows and ends_epoch(step, t.batch_size, self.epoch_windows)
+        return step % t.eval_every == 0 or step == self.total or bool(epoch_end)
+
+    def _epoch(self, step: int) -> dict:
+        """{"epoch": epochs trained by step `step`}, where the data says how long an epoch is."""
+        windows = getattr(self, "epoch_windows", None)
+        return {"epoch": round(epochs_done(step, self.cfg.train.batch_size, windows), 4)} if windows else {}
+
+    def _mark_epoch(self, step: int, metrics) -> None:
+        """An epoch record at the step that ends an epoch (loss.png draws it as a vertical line)."""
+        epoch = self.epoch_windows and ends_epoch(step, self.cfg.train.batch_size, self.epoch_windows)
+        if epoch and metrics is not None:
+            metrics.log({"kind": "epoch", "step": step, "tokens": step * self.tokens_per_step, "epoch": epoch})
+
+    def _why_stop(self, stats: StepStats, signal_name: str | None, stop_after: int | None) -> tuple[str, str] | None:
+        """(what the log says, what the summary says) when the run stops after this step, saving `last`."""
+        if signal_name:
+            return f"stopped by {signal_name}", f"stopped by {signal_name}"
+        if stats.stop_voted:
+            return f"stopped for the time limit ({self.deadline.seconds / 3600:g} h)", self.deadline.reason()
+        if stop_after and stop_after <= stats.step:
+            return "stopped", f"--stop-after {stop_after}"
+        return None
+
+    def _check_step(self, stats: StepStats, metrics) -> str | None:
+        """Record a skipped step; why the run diverged (too many in a row), or None."""
+        record, why = self.divergence.check_step(stats.step, stats.skipped, stats.loss, stats.norm)
+        if record is not None and metrics is not None:
+            metrics.log({**record, "tokens": stats.step * self.tokens_per_step})
+            self.lines.log(f"step {stats.step}: skipped, the weights unchanged (non-finite "
+                           f"{' and '.join(record['non_finite'])}; {record['in_a_row']} in a row)")
+        return why
+
+    def _diverged(self, why: str, metrics, bar) -> None:
+        """Act on a divergence after this step (train.on_divergence): roll back to the newest complete checkpoint
+        and go on from there, or stop. Neither saves the diverged state."""
+        source = ckpt.newest_complete(self.run_dir) if self.divergence.can_roll_back() else None
+        if source is None:
+            self._stop_diverged(why, metrics)
+        self._roll_back(source, why, metrics)
+        bar.n = self.step_count
+        bar.refresh()
+        self.meter = ThroughputMeter(self)
+
+    def _roll_back(self, source: Path, why: str, metrics) -> None:
+        """Reload `source` through the resume path; skip the data trained on since (what the run diverged on among
+        it) and train at train.rollback_lr_factor x the learning rate for train.rollback_lr_steps steps. `last` is
+        saved at once, before the record is logged: a kill from then on resumes after the rollback, and one before
+        it repeats the same steps, diverges the same way and rolls back again."""
+        t, diverged_at = self.cfg.train, self.step_count
+        data_at, rollbacks, wall = copy.deepcopy(self.batches.state_dict()), self.divergence.rollbacks, self.wall_seconds()
+        self._resume(source)  # weights, optimizer, RNG and loop state; metrics.jsonl cut back to its step
+        data_from = copy.deepcopy(self.data.state_dict())
+        self.data.load_state_dict(data_at)
+        self.batches = Prefetcher(self.data, self.device, self.batches.ahead)
+        self.wall_before, self._started = wall, time.time()  # the time spent on the abandoned steps counts
+        skipped = ({"from": data_from["consumed"], "to": data_at["consumed"]}
+                   if "consumed" in data_from and "consumed" in data_at else {"from": data_from, "to": data_at})
+        record = {"kind": "guard", "event": "rollback", "step": self.step_count,
+                  "tokens": self.step_count * self.tokens_per_step, "from_step": diverged_at, "checkpoint": source.name,
+                  "reason": why, "skipped_windows": skipped, "lr_factor": t.rollback_lr_factor,
+                  "lr_steps": t.rollback_lr_steps}
+        self.divergence.rolled_back(rollbacks, record)
+        self.save("last", self.resumed[1])
+        if metrics is not None:
+            metrics.log(record)
+        self.lines.log(f"step {diverged_at}: training diverged ({why}); rolled back to step {self.step_count} "
+                       f"(checkpoints/{source.name}), past the data trained on since, at {t.rollback_lr_factor:g} x the "
+                       f"learning rate for {t.rollback_lr_steps} steps")
+
+    def _stop_diverged(self, why: str, metrics) -> None:
+        """Stop a diverged run: a guard record, the run summary, and one line (RainError); nothing is saved."""
+        t, step = self.cfg.train, self.step_count
+        how = ("train.on_divergence = stop" if t.on_divergence == "stop" else
+               f"train.max_rollbacks ({t.max_rollbacks}) reached" if self.divergence.rollbacks else
+               "no complete checkpoint to roll back to yet")
+        if metrics is not None:
+            metrics.log({"kind": "guard", "event": "stop", "step": step, "tokens": step * self.tokens_per_step,
+                         "reason": why})
+        self.stop_reason = f"diverged at step {step}: {why} ({how})"
+        if self.ranks.main:
+            self._finish()
+        last = ckpt.newest_complete(self.run_dir)
+        where = (f"the newest checkpoint is checkpoints/{last.name}: --resume goes on from it (a lower train.lr can "
+                 "be given with --set)" if last else "no checkpoint was saved yet")
+        raise RainError(f"training diverged at step {step}: {why}; stopped ({how}) without saving; {where}")
+
+    def _relog_rollbacks(self, metrics) -> None:
+        """Log the rollbacks this run's state holds but metrics.jsonl lacks: a kill between a rollback's save of
+        `last` and the logging of its record."""
+        if metrics is None or not self.divergence.rollbacks:
+            return
+        logged = sum(r.get("kind") == "guard" and r.get("event") == "rollback" for r in read_metrics(self.run_dir))
+        for record in self.divergence.rollbacks[logged:]:
+            metrics.log(record)
+
+    def _long_run_summary(self) -> dict:
+        """What the run summary says of its stop, the divergence guard and its epochs."""
+        epochs = self._epoch(self.step_count).get("epoch")
+        return {"stop_reason": self.stop_reason, **self.divergence.summary(),
+                **({"epochs": epochs} if epochs is not None else {})}
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          init_from: str | Path | None = None, stop_after: int | None = None, data: TrainData | None = None,
-          log=print) -> dict:
+          init_from: str | Path | None = None, stop_after: int | None = None, time_limit: float | None = None,
+          data: TrainData | None = None, log=print) -> dict:
     """Train per cfg into run_dir and return the run summary. stop_after: save and return after that step (a
-    pre-emptible slot); `resume=True` continues from checkpoints/last exactly where the interrupted run was."""
+    pre-emptible slot); time_limit: seconds from now, by which the run has saved `last` and returned;
+    `resume=True` continues from checkpoints/last exactly where the interrupted run was."""
+    deadline = Deadline(time_limit)  # counted from here: building the run (compiling, fitting a micro-batch) takes time too
     trainer = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, init_from=init_from, data=data, log=log)
-    return trainer.fit(stop_after)
+    return trainer.fit(stop_after, deadline)
 
 
 # ---- around the loop ---------------------------------------------------------------------------------
@@ -594,6 +769,16 @@ def summarize(trainer: Trainer, records: list[dict]) -> dict:
         "checkpoint_bytes_projected": trainer.disk_plan.total,  # what the run's plan said they would, at its end
         **trainer.data.describe(), **trainer.lineage,
     }
+
+
+def long_run_lines(s: dict) -> list[str]:
+    """The summary's lines on why the run stopped early and what the divergence guard did."""
+    lines = [f"  stopped before the end of the schedule: {s['stop_reason']}"] if s.get("stop_reason") else []
+    if s.get("skipped_steps") or s.get("rollbacks"):
+        rolled = ", ".join(f"from step {r['from_step']} to {r['step']}" for r in s["rollbacks"]) or "none"
+        lines.append(f"  divergence guard: {s['skipped_steps']} steps skipped (non-finite loss or gradient norm); "
+                     f"rollbacks: {rolled}")
+    return lines
 
 
 def format_summary(s: dict) -> str:
