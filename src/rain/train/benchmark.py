@@ -251,7 +251,8 @@ def step_config(cfg: RunConfig, device: torch.device, precision: str, compile_mo
     autocast, and the peak learning rates throughout (a schedule's values change no step's cost)."""
     train = dataclasses.replace(cfg.train, device=str(device), dtype=PRECISIONS[precision][0], compile=compile_model,
                                 batch_size=micro_batch, micro_batch=micro_batch, auto_micro_batch=False, seed=seed,
-                                warmup=0, schedule="constant", muon_warmup=0, muon_schedule="constant")
+                                warmup=0, schedule="constant", muon_warmup=0, muon_schedule="constant",
+                                ignore_disk_check=True)  # bench saves no checkpoint
     return dataclasses.replace(cfg, train=train)
 
 
