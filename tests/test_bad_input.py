@@ -52,3 +52,8 @@ def test_a_bad_command_line_number_or_prompt_is_one_line(args, fragment, run_dir
     if args[0] == "train":
         args += ["--out", str(tmp_path / "run")]
     one_line_error(capsys, args, fragment)
+
+
+def test_a_gpu_resume_temperature_at_or_above_the_limit_is_refused(tiny_data, tmp_path, capsys):
+    one_line_error(capsys, ["train", "--data", tiny_data, "--out", tmp_path / "run", "--set", "train.gpu_max_temp=80",
+                            "--set", "train.gpu_resume_temp=85"], "train.gpu_resume_temp (85.0) must be below")

@@ -379,5 +379,7 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.intermediate_dtype {t.intermediate_dtype!r} must be auto, bf16 or fp32")
     if not 0 <= t.checkpoint_layers <= m.n_layer:
         problems.append(f"train.checkpoint_layers ({t.checkpoint_layers}) must be between 0 and model.n_layer ({m.n_layer})")
+    if t.gpu_max_temp and t.gpu_resume_temp and t.gpu_resume_temp >= t.gpu_max_temp:
+        problems.append(f"train.gpu_resume_temp ({t.gpu_resume_temp}) must be below train.gpu_max_temp ({t.gpu_max_temp})")
     if problems:
         raise RainError("invalid config: " + "; ".join(problems))

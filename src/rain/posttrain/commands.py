@@ -17,7 +17,8 @@ def cmd_sft(args) -> None:
         raise RainError("--epochs, --steps and --batch must be positive")
     run_sft(args.base, args.data, args.out, fmt=args.format, epochs=args.epochs, steps=args.steps, lr=args.lr,
             batch=args.batch, overflow=args.overflow, mask_prompt=not args.no_mask, val_fraction=args.val_fraction,
-            overrides=args.set, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after)
+            overrides=args.set, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
+            time_limit=args.time_limit * 3600 if args.time_limit else None)
 
 
 def fit_history(tokenizer, system: list[dict], messages: list[dict], context: int, reserve: int):
@@ -130,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "context is dropped and counted, or cut after its last assistant turn that fits (default: %(default)s)")
     p.add_argument("--no-mask", action="store_true", help="train on every token, prompts and role headers included")
     add_set_arg(p, help="override a config value of the run, e.g. --set train.eval_every=50 (repeatable)")
-    add_run_args(p)
+    add_run_args(p, time_limit=True)
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("chat", help="chat with a fine-tuned checkpoint in the terminal", description=

@@ -198,8 +198,10 @@ def sft_config(base: RunConfig, *, lr: float | None, batch: int) -> RunConfig:
 def run_sft(base: str | Path, data: list[str | Path], out: str | Path, *, fmt: str = "auto", epochs: float = 2.0,
             steps: int | None = None, lr: float | None = None, batch: int = 16, overflow: str = "drop",
             mask_prompt: bool = True, val_fraction: float = 0.05, overrides: list[str] = (), resume: bool = False,
-            overwrite: bool = False, stop_after: int | None = None, log=print) -> dict:
-    """Fine-tune the checkpoint `base` on chat data into the run folder `out` (see `rain sft --help`)."""
+            overwrite: bool = False, stop_after: int | None = None, time_limit: float | None = None,
+            log=print) -> dict:
+    """Fine-tune the checkpoint `base` on chat data into the run folder `out` (see `rain sft --help`);
+    time_limit: seconds, as rain train's."""
     from rain.train.trainer import train
 
     checkpoint = ckpt.find(base)  # refuses a Hugging Face folder: SFT starts from a rain run
@@ -240,4 +242,4 @@ def run_sft(base: str | Path, data: list[str | Path], out: str | Path, *, fmt: s
         log(f"  skipped {sum(s['skipped'].values()):,} ({', '.join(f'{k} {v}' for k, v in s['skipped'].items()) or '-'}); "
             f"longer than the context: dropped {s['dropped_too_long']:,}, truncated {s['truncated']:,}")
     return train(cfg, out, resume=resume, overwrite=overwrite, init_from=folder.resolve(), stop_after=stop_after,
-                 data=sft_data, log=log)
+                 time_limit=time_limit, data=sft_data, log=log)

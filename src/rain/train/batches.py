@@ -92,6 +92,9 @@ class PretrainData:
     def val_counts(self) -> dict[str | None, tuple[int, int]]:
         return {None: self.data.counts("val"), **{n: self.data.counts("val", n) for n in self.val_sources()}}
 
+    def windows_per_epoch(self) -> int:
+        return self.loader.windows_per_epoch()
+
     def state_dict(self) -> dict:
         return self.loader.state_dict()
 

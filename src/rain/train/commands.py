@@ -73,7 +73,10 @@ def format_plan(config: str, cfg: RunConfig, out: str | None) -> str:
     lines = [f"rain train --config {config}: the plan (nothing is trained)",
              f"  model        {plan.parameters:,} parameters ({m.n_layer} layers x {m.d_model}, vocab {m.vocab_size:,}, "
              f"context {m.context:,})",
-             f"  steps        {steps:,} of {tokens_per_step:,} tokens = {steps * tokens_per_step:,} tokens",
+             f"  steps        {steps:,} of {tokens_per_step:,} tokens = {steps * tokens_per_step:,} tokens"
+             if t.max_steps or not t.epochs else
+             f"  steps        {t.epochs:g} epochs of the prepared data ({tokens_per_step:,} tokens a step; the count "
+             "depends on the data)",
              f"  checkpoints  {plan.describe()}",
              f"  disk         {ckpt.format_size(plan.total)} ({plan.total:,} bytes) of checkpoints when the run ends; "
              f"{ckpt.format_size(plan.peak)} at most, while a new last is written beside the old"]

@@ -33,10 +33,7 @@ def now() -> float:
 
 def epoch_windows(data) -> int | None:
     """Training windows in one epoch of `data` (a TrainData), or None when it cannot say."""
-    if hasattr(data, "windows_per_epoch"):  # SFT's data
-        return int(data.windows_per_epoch())
-    loader = getattr(data, "loader", None)  # PretrainData's WindowLoader
-    return int(loader.windows_per_epoch()) if hasattr(loader, "windows_per_epoch") else None
+    return int(data.windows_per_epoch()) if hasattr(data, "windows_per_epoch") else None
 
 
 def run_steps(cfg: RunConfig, data) -> int:
