@@ -5,8 +5,10 @@ resumed each time. Both runs meet the same injected faults: one step whose loss 
 the training windows, so a rolled-back run does not meet them again). It reports the checkpoints' disk, both final
 losses (equal when resume is exact) and every guard event.
 
-    python benchmarks/long_run_rehearsal.py --out /tmp/rehearsal            # ~20-30 min on 2 CPU cores
-    python benchmarks/long_run_rehearsal.py --out /tmp/rehearsal --steps 300  # a quick look
+    python benchmarks/long_run_rehearsal.py --out /tmp/rehearsal             # sized for ~20-30 min on 2 idle cores
+    python benchmarks/long_run_rehearsal.py --out /tmp/rehearsal --steps 200  # a quick look (docs/performance.md)
+
+(The default size is estimated from the --steps 200 run, not yet measured.)
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def report(run: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0, help="when the kills happen")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
