@@ -1,5 +1,6 @@
 import atexit
 import os
+import json
 import random
 import shutil
 import tempfile
@@ -149,3 +150,13 @@ def decoded_documents(out: Path, manifest: dict) -> list[str]:
     tok = Tokenizer.from_file(out / "tokenizer.json")
     tokens = np.concatenate([np.fromfile(out / r["file"], np.uint16) for s in ("train", "val") for r in manifest["splits"][s]])
     return [d for d in tok.decode(tokens.tolist()).split(tok.decode([tok.eot_id])) if d]
+
+
+def small_toml(**train) -> str:
+    """small_model_config with a 6-step schedule as a TOML config file's text, for tests of the CLI (`--config`)."""
+    train = {"max_steps": 6, "batch_size": 4, "micro_batch": 2, "warmup": 2, "log_every": 2, "eval_every": 3,
+             "eval_batches": 2, "checkpoints": 0, "device": "cpu", **train}
+    model = dict(vocab_size=512, n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=128, context=64)
+    lines = ["[model]", *(f"{k} = {v}" for k, v in model.items()), "", "[train]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in train.items()]
+    return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from rain.train.batches import PretrainData
 from rain.train.metrics import read_metrics
 from rain.train.optim import lr_at
 from rain.train.trainer import train
-from tests.conftest import assert_same_run, tiny_run_config, train_losses
+from tests.conftest import assert_same_run, small_toml, tiny_run_config, train_losses
 
 
 def quiet(*_):
@@ -211,31 +211,8 @@ def test_early_stopping_ends_a_run_whose_validation_loss_stopped_improving(tiny_
     assert any("stopped before the end of the schedule: early stopping" in line for line in lines)
 
 
-SMALL_TOML = """
-[model]
-vocab_size = 512
-n_layer = 2
-d_model = 64
-n_head = 4
-n_kv_head = 2
-d_ff = 128
-context = 64
-
-[train]
-max_steps = 6
-batch_size = 4
-micro_batch = 2
-warmup = 2
-log_every = 1
-eval_every = 3
-eval_batches = 2
-checkpoints = 0
-device = "cpu"
-"""
-
-
 def test_time_limit_stops_in_time_to_save_and_the_run_resumes(tiny_data, tmp_path, monkeypatch, capsys):
-    (tmp_path / "small.toml").write_text(SMALL_TOML)
+    (tmp_path / "small.toml").write_text(small_toml(log_every=1))
     args = ["train", "--config", str(tmp_path / "small.toml"), "--data", str(tiny_data)]
     assert rain_main([*args, "--out", str(tmp_path / "straight")]) == 0
     clock = [0.0]  # a fake clock: each micro-batch takes 5 minutes, so a step 10, and validations and saves none

@@ -11,33 +11,11 @@ import pytest
 
 from rain.train.batches import PretrainData
 from rain.train.trainer import Trainer, train
-from tests.conftest import assert_same_run, tiny_run_config
-
-SMALL_TOML = """
-[model]
-vocab_size = 512
-n_layer = 2
-d_model = 64
-n_head = 4
-n_kv_head = 2
-d_ff = 128
-context = 64
-
-[train]
-max_steps = 6
-batch_size = 4
-micro_batch = 2
-warmup = 2
-log_every = 2
-eval_every = 3
-eval_batches = 2
-checkpoints = 0
-device = "cpu"
-"""
+from tests.conftest import assert_same_run, small_toml, tiny_run_config
 
 
 def test_train_into_a_log_file_writes_a_line_per_log_interval(tiny_data, tmp_path):
-    (tmp_path / "small.toml").write_text(SMALL_TOML)
+    (tmp_path / "small.toml").write_text(small_toml())
     log = tmp_path / "log.txt"
     with open(log, "w") as out:
         done = subprocess.run([sys.executable, "-m", "rain.cli", "train", "--config", str(tmp_path / "small.toml"),
