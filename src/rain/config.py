@@ -363,8 +363,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.dtype {t.dtype!r} must be auto, bf16 or fp32")
     if t.tracker not in ("none", "trackio", "tensorboard"):
         problems.append(f"train.tracker {t.tracker!r} must be none, trackio or tensorboard")
-    if t.lr <= 0 or t.min_lr < 0 or t.min_lr > t.lr:
-        problems.append("train.lr must be positive and 0 <= train.min_lr <= train.lr")
+    if t.lr > 0 and t.min_lr > t.lr:  # the ranges themselves are checked by range_problems
+        problems.append(f"train.min_lr ({t.min_lr}) must not exceed train.lr ({t.lr})")
     if t.warmup < 0 or t.checkpoints < 0 or t.log_every <= 0 or t.eval_every <= 0:
         problems.append("train.warmup and train.checkpoints must be >= 0, log_every and eval_every > 0")
     if t.optimizer not in ("adamw", "muon"):
