@@ -17,6 +17,35 @@ from rain.model.moe import MoE
 # SDPA shares K/V heads across query groups itself (no repeated copies) from torch 2.5 on.
 SDPA_GQA = torch.__version__ >= "2.5"
 
+try:  # FlexAttention (torch 2.5+): document masking on CUDA without a dense (T, T) mask
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # older torch: document masking takes SDPA with a dense mask
+    create_block_mask = flex_attention = None
+ATTENTION = ("auto", "flex", "sdpa")
+_compiled_flex = None  # torch.compile(flex_attention), made once on first use (compiling per call would recompile)
+
+
+def flex(q, k, v, block_mask, enable_gqa: bool) -> torch.Tensor:
+    """flex_attention, compiled on CUDA: uncompiled it is a reference that materialises every score. Eager elsewhere
+    (on CPU it runs forward only, which is what the tests use it for); inside a compiled model Dynamo compiles it."""
+    global _compiled_flex
+    fn = flex_attention
+    if q.device.type == "cuda" and not torch.compiler.is_compiling():
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention)
+        fn = _compiled_flex
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+def uses_flex(attention: str, device: torch.device) -> bool:
+    """Whether document masking runs on FlexAttention: `auto` takes it on CUDA when torch has it (its backward does
+    not run on CPU), `flex` always, `sdpa` never (the dense-mask path, also the fallback)."""
+    if attention not in ATTENTION:
+        raise ValueError(f"attention {attention!r} must be one of {', '.join(ATTENTION)}")
+    if attention == "flex" and flex_attention is None:
+        raise RuntimeError(f"FlexAttention needs torch 2.5 or later (this is {torch.__version__})")
+    return attention == "flex" or (attention == "auto" and device.type == "cuda" and flex_attention is not None)
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -68,6 +97,7 @@ class Attention(nn.Module):
         self.sdpa_gqa = SDPA_GQA  # False: K/V heads repeated before SDPA (what `rain bench --disable sdpa-gqa` times)
 
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, layer: int = 0):
+        """mask: None (causal), a boolean tensor for SDPA, or a FlexAttention BlockMask (documents, no cache)."""
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.head_dim)
         k = self.k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -76,6 +106,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)
         k = apply_rope(k.transpose(1, 2), cos, sin)
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a BlockMask: flex shares K/V heads itself
+            y = flex(q, k, v, mask, enable_gqa=self.n_kv_head != self.n_head)
+            return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         is_causal = mask is None
         if cache is not None:
             start = cache.length
@@ -126,17 +159,34 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x)), None
 
 
-def document_positions_and_mask(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """doc_ids (B, T), equal within a document -> position ids restarting at 0 per document, and a
-    (B, 1, T, T) boolean mask that is causal and block-diagonal (no attention across documents)."""
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """doc_ids (B, T), equal within a document -> position ids restarting at 0 per document."""
     B, T = doc_ids.shape
     idx = torch.arange(T, device=doc_ids.device).expand(B, T)
     starts = torch.ones_like(doc_ids, dtype=torch.bool)
     starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     start_idx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return idx - start_idx
+
+
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """doc_ids (B, T) -> a (B, 1, T, T) boolean mask for SDPA, causal and block-diagonal (no attention across
+    documents). It costs B x T x T bytes, and a masked SDPA cannot run the flash kernel (CUDA's fallback: flex)."""
+    T = doc_ids.shape[1]
     same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
-    return idx - start_idx, (same_doc & causal)[:, None]
+    return (same_doc & causal)[:, None]
+
+
+def document_block_mask(doc_ids: torch.Tensor):
+    """doc_ids (B, T) -> the same rule as a FlexAttention BlockMask, built once per batch and shared by every layer:
+    flex skips the 128 x 128 tiles that are fully masked and masks inside the rest, so no (T, T) tensor is kept."""
+    B, T = doc_ids.shape
+
+    def same_document_causal(b, h, q, kv):
+        return (q >= kv) & (doc_ids[b, q] == doc_ids[b, kv])
+
+    return create_block_mask(same_document_causal, B, None, T, T, device=doc_ids.device)
 
 
 def _chunk_loss(x, w, targets):
@@ -225,6 +275,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.checkpoint_layers = 0  # the first N blocks recompute their activations in backward (training only)
         self.loss_chunk = max(1, 2**26 // cfg.vocab_size)  # tokens per loss chunk: 256 MB of fp32 logits
+        self.attention = "auto"  # document masking: auto (flex on CUDA, else SDPA), flex or sdpa (see uses_flex)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -282,7 +333,8 @@ class Transformer(nn.Module):
         By default token t sits at position t (after the cache's tokens) and attends causally. positions (B, T)
         and a boolean attn_mask broadcastable to (B, 1, T, keys) (True: may attend; keys are the cache's tokens,
         then these) replace that, e.g. to score several sequences packed in one row; every query needs a key.
-        doc_ids (B, T) is the usual case of it: positions restart and attention stays within each document."""
+        doc_ids (B, T) is the usual case of it: positions restart and attention stays within each document
+        (through FlexAttention on CUDA without a cache, `self.attention`; else SDPA with a dense mask)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.context:
@@ -290,7 +342,9 @@ class Transformer(nn.Module):
         if doc_ids is not None:
             if positions is not None or attn_mask is not None:
                 raise ValueError("give doc_ids or positions/attn_mask, not both: doc_ids sets both")
-            positions, attn_mask = document_positions_and_mask(doc_ids)
+            positions = document_positions(doc_ids)
+            flex_mask = cache is None and uses_flex(self.attention, doc_ids.device)  # a cache's keys are not in doc_ids
+            attn_mask = document_block_mask(doc_ids) if flex_mask else document_mask(doc_ids)
         cos, sin = self._rope(positions, start, T)
         x, aux = self.blocks(self.embed(idx), cos, sin, attn_mask, cache)
         if cache is not None:
