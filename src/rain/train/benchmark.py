@@ -32,22 +32,30 @@ from rain.train.trainer import Trainer, quiet_gc
 PRECISIONS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16-master": ("fp32", True)}
 # Parts of rain's fast path that --disable switches off, to measure what each gives.
 FAST_PATH = ("chunked-loss", "sdpa-gqa", "prefetch", "gc-pause")
-ATTENTION_KERNELS = {"flash": ("flash",), "cudnn": ("cudnn",), "mem-efficient": ("fmha", "efficient", "cutlass")}
+# flex: the Triton kernels torch.compile makes of flex_attention (train.doc_mask on CUDA) are named after it.
+ATTENTION_KERNELS = {"flash": ("flash",), "cudnn": ("cudnn",), "mem-efficient": ("fmha", "efficient", "cutlass"),
+                     "flex": ("flex_attention",)}
 
 
 class SyntheticTokens:
-    """Uniformly random tokens behind the trainer's data interface (TrainData); no tokenizer, no validation."""
+    """Uniformly random tokens behind the trainer's data interface (TrainData); no tokenizer, no validation.
+    With doc_mask, doc ids too: documents of random length, half a window long on average (a boundary at each
+    position with probability 2 / seq_len), so train.doc_mask's masked attention is what is timed."""
 
     tokenizer_path = None
     tokenizer = None
 
-    def __init__(self, vocab: int, batch: int, seq_len: int, seed: int = 0):
-        self.vocab, self.micro_batch, self.seq_len = vocab, batch, seq_len
+    def __init__(self, vocab: int, batch: int, seq_len: int, seed: int = 0, doc_mask: bool = False):
+        self.vocab, self.micro_batch, self.seq_len, self.doc_mask = vocab, batch, seq_len, doc_mask
         self.gen = torch.Generator().manual_seed(seed)
 
     def next_batch(self):
         tokens = torch.randint(0, self.vocab, (self.micro_batch, self.seq_len + 1), generator=self.gen)
-        return tokens[:, :-1], tokens[:, 1:], None
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        if not self.doc_mask:
+            return x, y, None
+        starts = torch.rand(x.shape, generator=self.gen) < 2 / self.seq_len
+        return x, y, starts.cumsum(dim=1)
 
     def val_batches(self):
         return iter(())
@@ -267,7 +275,8 @@ def bench_trainer(kind: str, cfg: RunConfig, run_dir: str, precision: str, disab
             model.lm.gradient_checkpointing_enable({"use_reentrant": False})
     elif "chunked-loss" in disable:
         model = FullLogitsTransformer(cfg.model)
-    data = SyntheticTokens(cfg.model.vocab_size, cfg.train.micro_batch, cfg.model.context, cfg.train.seed)
+    data = SyntheticTokens(cfg.model.vocab_size, cfg.train.micro_batch, cfg.model.context, cfg.train.seed,
+                           doc_mask=cfg.train.doc_mask)
     # The Trainer logs only schedule warnings here, about settings bench chose (step_config).
     trainer = TimedTrainer(cfg, run_dir, data=data, model=model, clock=Clock(pick_device(cfg.train.device)),
                            log=lambda *_: None)
@@ -392,7 +401,7 @@ def bench(cfg: RunConfig, *, micro_batch: int | str, precision: str, compile_mod
     report = {
         "device": device_name(device), "device_type": device.type, "torch": torch.__version__,
         "micro_batch": micro_batch, "seq_len": cfg.model.context, "precision": precision, "compile": compile_model,
-        "optimizer": cfg.train.optimizer, "checkpoint_layers": cfg.train.checkpoint_layers,
+        "optimizer": cfg.train.optimizer, "checkpoint_layers": cfg.train.checkpoint_layers, "doc_mask": cfg.train.doc_mask,
         "steps": steps, "warmup": warmup, "repeats": repeats, "disabled": sorted(disable),
     }
     for kind, results in runs.items():
