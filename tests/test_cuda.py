@@ -1,11 +1,13 @@
 """The CUDA fast path; skipped without a GPU."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from rain.config import TrainConfig, load_config
-from rain.model import Transformer
+from rain.model import Transformer, transformer
 from rain.model.transformer import linear_cross_entropy
 from rain.train import benchmark, micro_batch
 from rain.train.optim import build_optimizer
@@ -23,7 +25,7 @@ def _exact_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-MOE = dict(n_experts=4, experts_per_token=2, expert_d_ff=64)
+MOE = {"n_experts": 4, "experts_per_token": 2, "expert_d_ff": 64}
 
 
 def batch(cfg, b=4, seed=0):
@@ -83,6 +85,68 @@ def test_document_masked_attention_equals_attention_per_document(dtype):
         alone = torch.cat([model(d[None])[0].float() for d in docs])
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     assert (together - alone).abs().max() < tol * alone.abs().max()
+
+
+FLEX = pytest.mark.skipif(transformer.flex_attention is None, reason="needs torch 2.5+ (FlexAttention)")
+# Head dim 32, grouped K/V; two rows split differently, documents crossing flex's 128-token tiles.
+FLEX_SHAPE = {"context": 256, "d_model": 128, "n_head": 4, "n_kv_head": 2}
+SPLITS = [[100, 60, 90, 6], [200, 56]]
+
+
+def packed_documents(cfg, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, cfg.vocab_size, (len(SPLITS), cfg.context + 1), generator=g)
+    doc_ids = torch.stack([torch.repeat_interleave(torch.arange(len(s)), torch.tensor(s)) for s in SPLITS])
+    return tokens[:, :-1].cuda(), tokens[:, 1:].cuda(), doc_ids.cuda()
+
+
+def loss_and_grads(model, run):
+    model.zero_grad(set_to_none=True)
+    loss = run()
+    loss.backward()
+    return float(loss), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@FLEX
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flex_document_masking_trains_as_each_document_alone(monkeypatch, dtype):
+    torch.manual_seed(0)
+    model = Transformer(small_model_config(**FLEX_SHAPE)).cuda()
+    x, y, doc_ids = packed_documents(model.cfg)
+    calls, real_flex = [], transformer.flex
+    monkeypatch.setattr(transformer, "flex", lambda *a, **k: calls.append(1) or real_flex(*a, **k))
+
+    def per_document():  # each document alone through plain causal SDPA, weighted back to the mean over all tokens
+        total = sum(model(x[r : r + 1, a : a + n], y[r : r + 1, a : a + n]) * n
+                    for r, split in enumerate(SPLITS) for a, n in zip(torch.tensor([0] + split).cumsum(0).tolist(), split))
+        return total / y.numel()
+
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        flex_loss, flex_grad = loss_and_grads(model, lambda: model(x, y, doc_ids=doc_ids))
+        assert len(calls) == model.cfg.n_layer  # auto took flex on CUDA
+        ref_loss, ref_grad = loss_and_grads(model, per_document)
+    # loss, gradient cosine, largest gradient difference (relative to the largest gradient)
+    loss_tol, cos, grad_tol = (1e-4, 0.99999, 1e-3) if dtype == torch.float32 else (2e-2, 0.999, 5e-2)
+    assert abs(flex_loss - ref_loss) < loss_tol
+    assert F.cosine_similarity(flex_grad, ref_grad, dim=0) > cos
+    assert (flex_grad - ref_grad).abs().max() < grad_tol * ref_grad.abs().max()
+
+
+@FLEX
+def test_compiled_model_with_flex_document_masking_matches_eager():
+    torch.manual_seed(0)
+    model = Transformer(small_model_config(**FLEX_SHAPE)).cuda()
+    compiled = torch.compile(model, fullgraph=True)  # the block mask is built inside the graph, without a break
+    x, y, doc_ids = packed_documents(model.cfg)
+    for length in (256, 192):  # a second length recompiles with a symbolic length
+        args = x[:, :length], y[:, :length]
+        results = []
+        for m in (model, compiled):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                results.append(loss_and_grads(model, partial(m, *args, doc_ids=doc_ids[:, :length])))
+        (eager_loss, eager_grad), (comp_loss, comp_grad) = results
+        assert abs(eager_loss - comp_loss) < 1e-2
+        assert F.cosine_similarity(eager_grad, comp_grad, dim=0) > 0.999
 
 
 def test_training_attention_runs_on_the_flash_kernel():
