@@ -133,21 +133,6 @@ def test_the_full_logits_ablation_computes_the_same_loss():
     assert torch.allclose(full(x, y), chunked(x, y), atol=1e-5)
 
 
-def test_master_weights_keep_fp32_copies_and_write_bf16_back():
-    torch.manual_seed(0)
-    model = Transformer(small_model_config())
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    mw = benchmark.MasterWeights(model, lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))
-    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-    assert model.rope_cos.dtype == torch.float32
-    x = torch.randint(0, 512, (2, 33))
-    model(x[:, :-1], x[:, 1:]).backward()
-    mw.step()
-    for (name, p), m in zip(model.named_parameters(), mw.master.parameters()):
-        assert m.dtype == torch.float32 and torch.equal(p, m.to(torch.bfloat16)) and p.grad is None
-        assert not torch.equal(m, before[name])
-
-
 class Counter:
     def __init__(self):
         self.consumed = 0

@@ -87,9 +87,10 @@ def test_step_checkpoints_hold_bf16_weights_only_while_last_and_best_are_full(ru
 def test_weights_only_dtype_follows_the_training_precision_unless_set():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert weights_only_dtype(TrainConfig(), cpu) == torch.float32  # an fp32 run: eval matches its validation
-    assert weights_only_dtype(TrainConfig(), cuda) == torch.bfloat16  # dtype auto on a GPU trains in bf16
-    assert weights_only_dtype(TrainConfig(dtype="bf16"), cpu) == torch.bfloat16
-    assert weights_only_dtype(TrainConfig(dtype="bf16", intermediate_dtype="fp32"), cpu) == torch.float32
+    assert weights_only_dtype(TrainConfig(), cuda) == torch.bfloat16  # precision auto on a GPU trains in bf16
+    assert weights_only_dtype(TrainConfig(precision="bf16"), cpu) == torch.bfloat16
+    assert weights_only_dtype(TrainConfig(precision="bf16-master"), cpu) == torch.bfloat16
+    assert weights_only_dtype(TrainConfig(precision="bf16", intermediate_dtype="fp32"), cpu) == torch.float32
     assert weights_only_dtype(TrainConfig(intermediate_dtype="bf16"), cpu) == torch.bfloat16
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 import tomllib
 import types
 import typing
@@ -68,7 +69,9 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
-    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast over fp32 weights) | bf16-master (bf16 weights and
+    # activations, fp32 master weights and optimizer state: rain.train.precision). Formerly train.dtype.
+    precision: str = "auto"
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 1337
@@ -118,8 +121,9 @@ class TrainConfig:
     # too, as before: ~3x the disk of weights only with AdamW). The others hold weights only, for eval, export, sample
     # and --init-from.
     keep_full: str = "last,best"
-    # The weights of weights-only checkpoints: auto (bf16 when training computes in bf16: train.dtype bf16, or auto on
-    # a GPU; else fp32) | bf16 (half the disk; read back into fp32) | fp32. Full checkpoints keep the weights exact.
+    # The weights of weights-only checkpoints: auto (bf16 when training computes in bf16: train.precision bf16 or
+    # bf16-master, or auto on a GPU; else fp32) | bf16 (half the disk; read back into fp32) | fp32. Full checkpoints
+    # keep the weights exact.
     intermediate_dtype: str = "auto"
     ignore_disk_check: bool = False  # start even when the run folder's disk has less free space than its checkpoints need
 
@@ -192,7 +196,21 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _apply(cfg: RunConfig, section: str, key: str, value: Any, origin: str) -> None:
+# Keys renamed since: the old name is still read as the new one (the one place an alias is mapped); files and --set
+# the user writes get a one-line notice, a saved run's config.json none (it is read as it was written).
+RENAMED = {("train", "dtype"): "precision"}
+
+
+def _current_name(section: str, key: str) -> str:
+    return RENAMED.get((section, key), key)
+
+
+def _apply(cfg: RunConfig, section: str, key: str, value: Any, origin: str, notice: bool = True) -> None:
+    if _current_name(section, key) != key:
+        if notice:
+            print(f"note: {section}.{key} (in {origin}) is now {section}.{_current_name(section, key)}; the old name "
+                  "still works for now", file=sys.stderr)
+        key = _current_name(section, key)
     if section not in SECTIONS:
         raise RainError(f"{origin}: unknown config section [{section}] (known: {', '.join(SECTIONS)})")
     obj = getattr(cfg, section)
@@ -248,7 +266,7 @@ def load_config(source: str | Path | RunConfig | None = None, overrides: Sequenc
 
 def overridden_keys(overrides: Sequence[str]) -> set[str]:
     """The 'section.key' names the `--set` overrides change, for defaults that give way to the user's choice."""
-    return {f"{section}.{key}" for section, key, _ in map(parse_override, overrides)}
+    return {f"{section}.{_current_name(section, key)}" for section, key, _ in map(parse_override, overrides)}
 
 
 def _base_config(source: str | Path | RunConfig | None) -> RunConfig:
@@ -267,21 +285,21 @@ def _base_config(source: str | Path | RunConfig | None) -> RunConfig:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise RainError(f"config {path}: not valid TOML ({exc})") from None
-    return _from_sections(raw, str(path))
+    return _from_sections(raw, str(path), notice=path.suffix != ".json")  # not a saved run's config.json
 
 
-def _from_sections(raw: dict[str, Any], origin: str) -> RunConfig:
+def _from_sections(raw: dict[str, Any], origin: str, notice: bool = True) -> RunConfig:
     cfg = RunConfig()
     for section, values in raw.items():
         if not isinstance(values, dict):
             raise RainError(f"config {origin}: top-level key {section!r} must be a [section]")
         for key, value in values.items():
-            _apply(cfg, section, key, value, origin)
+            _apply(cfg, section, key, value, origin, notice)
     return cfg
 
 
 def config_from_dict(raw: dict[str, Any], origin: str = "config.json") -> RunConfig:
-    cfg = _from_sections(raw, origin)
+    cfg = _from_sections(raw, origin, notice=False)
     validate(cfg)
     return cfg
 
@@ -304,6 +322,7 @@ RANGES = {
     "data.seed": f"[0, {2**32 - 1}]", "data.workers": "[0, inf)", "data.tokenizer_sample_bytes": "[1, inf)",
     "data.max_doc_chars": "[0, inf)",
 }
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-master")  # train.precision
 KEEP_FULL = ("last", "last,best", "all")  # train.keep_full: the checkpoints that keep the optimizer state
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -359,8 +378,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.spike_factor ({t.spike_factor}) must be 0 (off) or above 1: a loss at or under the median is no spike")
     if t.schedule not in ("cosine", "wsd", "constant"):
         problems.append(f"train.schedule {t.schedule!r} must be cosine, wsd or constant")
-    if t.dtype not in ("auto", "bf16", "fp32"):
-        problems.append(f"train.dtype {t.dtype!r} must be auto, bf16 or fp32")
+    if t.precision not in PRECISIONS:
+        problems.append(f"train.precision {t.precision!r} must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
     if t.tracker not in ("none", "trackio", "tensorboard"):
         problems.append(f"train.tracker {t.tracker!r} must be none, trackio or tensorboard")
     if t.lr > 0 and t.min_lr > t.lr:  # the ranges themselves are checked by range_problems

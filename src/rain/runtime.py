@@ -46,9 +46,16 @@ def pick_device(name: str, local_rank: int = 0, option: str = "train.device") ->
         raise RainError(f"{option} = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-def autocast_for(device: torch.device, dtype: str):
-    """bf16 autocast for `bf16`, and for `auto` on a GPU; full precision otherwise."""
-    if dtype == "bf16" or (dtype == "auto" and device.type == "cuda"):
+def computes_bf16(device: torch.device, precision: str) -> bool:
+    """Whether training at train.precision `precision` computes in bf16 on `device`: bf16 and bf16-master do, and
+    auto does on a GPU."""
+    return precision in ("bf16", "bf16-master") or (precision == "auto" and device.type == "cuda")
+
+
+def autocast_for(device: torch.device, precision: str):
+    """The context a forward pass runs in at train.precision `precision`: bf16 autocast for `bf16`, and for `auto`
+    on a GPU; none for fp32, and none for bf16-master, whose weights are bf16 themselves (rain.train.precision)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
 

@@ -19,17 +19,17 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from rain.config import PRECISIONS as CONFIG_PRECISIONS
 from rain.config import RunConfig
 from rain.errors import RainError
 from rain.model.transformer import Attention, Transformer
 from rain.runtime import enable_tf32, pick_device
 from rain.train.micro_batch import GB, cuda_step_peak, fit_micro_batch, free_memory
-from rain.train.optim import build_optimizer
 from rain.train.trainer import Trainer, quiet_gc
 
-# --precision: the Trainer's train.dtype (autocast or not) and whether the weights themselves are bf16.
-# bf16: autocast over fp32 weights; bf16-master: bf16 weights with fp32 master copies in the optimizer.
-PRECISIONS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16-master": ("fp32", True)}
+# --precision: the Trainer's train.precision. bf16: autocast over fp32 weights; bf16-master: bf16 weights with fp32
+# master copies in the optimizer (rain.train.precision).
+PRECISIONS = tuple(p for p in CONFIG_PRECISIONS if p != "auto")
 # Parts of rain's fast path that --disable switches off, to measure what each gives.
 FAST_PATH = ("chunked-loss", "sdpa-gqa", "prefetch", "gc-pause")
 # flex: the Triton kernels torch.compile makes of flex_attention (train.doc_mask on CUDA) are named after it.
@@ -88,37 +88,6 @@ class PageableBatches:
 
     def state_dict(self) -> dict:
         return self.data.state_dict()
-
-
-class MasterWeights:
-    """bf16 weights in the model, fp32 master copies in the optimizer, behind the optimizer interface the Trainer's
-    step uses (param_groups, step, zero_grad): the Trainer clips the bf16 grads, step() moves them onto the
-    masters, steps and writes the result back in bf16.
-
-    A bench-only path: the Trainer has no bf16-weights mode because its checkpoints hold the model's weights and
-    its optimizer's state, and the fp32 masters would be in neither (a resume would round them to bf16). bench
-    never saves, so it puts this in place of its Trainer's optimizer (see bench_trainer)."""
-
-    def __init__(self, model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]):
-        self.master = copy.deepcopy(model)
-        for p in model.parameters():  # parameters only: RoPE tables stay fp32
-            p.data = p.data.to(torch.bfloat16)
-        self.params, self.masters = list(model.parameters()), list(self.master.parameters())
-        self.optimizer = make_optimizer(self.master)
-        self.param_groups = self.optimizer.param_groups  # the Trainer's LR schedule sets these
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for p, m in zip(self.params, self.masters):
-            m.grad = None if p.grad is None else p.grad.float()
-            p.grad = None
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        torch._foreach_copy_(self.params, self.masters)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.params:
-            p.grad = None
 
 
 def hf_model(cfg: RunConfig) -> torch.nn.Module:
@@ -255,9 +224,9 @@ def check_options(precision: str, disable) -> None:
 
 def step_config(cfg: RunConfig, device: torch.device, precision: str, compile_model: bool, micro_batch: int,
                 seed: int) -> RunConfig:
-    """cfg as the Trainer that bench drives takes it: one micro-batch per step (no accumulation), the precision's
-    autocast, and the peak learning rates throughout (a schedule's values change no step's cost)."""
-    train = dataclasses.replace(cfg.train, device=str(device), dtype=PRECISIONS[precision][0], compile=compile_model,
+    """cfg as the Trainer that bench drives takes it: one micro-batch per step (no accumulation), the precision,
+    and the peak learning rates throughout (a schedule's values change no step's cost)."""
+    train = dataclasses.replace(cfg.train, device=str(device), precision=precision, compile=compile_model,
                                 batch_size=micro_batch, micro_batch=micro_batch, auto_micro_batch=False, seed=seed,
                                 warmup=0, schedule="constant", muon_warmup=0, muon_schedule="constant",
                                 ignore_disk_check=True)  # bench saves no checkpoint
@@ -266,7 +235,7 @@ def step_config(cfg: RunConfig, device: torch.device, precision: str, compile_mo
 
 def bench_trainer(kind: str, cfg: RunConfig, run_dir: str, precision: str, disable: frozenset) -> TimedTrainer:
     """A Trainer on synthetic tokens for rain's model or transformers' (kind), with the fast-path parts in
-    `disable` switched off on it and, for bf16-master, bf16 weights with fp32 masters (see MasterWeights)."""
+    `disable` switched off on it; the Trainer itself sets up bf16-master (rain.train.precision.MasterWeights)."""
     torch.manual_seed(cfg.train.seed)
     model = None
     if kind == "transformers":
@@ -287,8 +256,6 @@ def bench_trainer(kind: str, cfg: RunConfig, run_dir: str, precision: str, disab
                 module.sdpa_gqa = False
     if "prefetch" in disable:
         trainer.batches = PageableBatches(data, trainer.device)
-    if PRECISIONS[precision][1]:
-        trainer.optimizer = MasterWeights(trainer.model, lambda m: build_optimizer(m, cfg.train, trainer.device.type))
     return trainer
 
 
@@ -371,7 +338,7 @@ def bench(cfg: RunConfig, *, micro_batch: int | str, precision: str, compile_mod
     probe = None
     if micro_batch == "auto":
         probe_cfg = copy.deepcopy(cfg)
-        probe_cfg.train.dtype = "fp32" if precision == "fp32" else "bf16"
+        probe_cfg.train.precision = precision
         tried: dict[int, float | None] = {}
         peak_fn = None
         if device.type == "cuda":

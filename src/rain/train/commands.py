@@ -206,7 +206,7 @@ def cmd_bench(args) -> None:
     if args.checkpoint_layers is not None:
         overrides.append(f"train.checkpoint_layers={args.checkpoint_layers}")
     cfg = load_config(args.preset, overrides)
-    precision = args.precision or cfg.train.dtype
+    precision = args.precision or cfg.train.precision
     if precision == "auto":
         precision = "bf16" if pick_device(cfg.train.device).type == "cuda" else "fp32"
     micro_batch = args.micro_batch or ("auto" if cfg.train.auto_micro_batch else str(cfg.train.micro_batch))
@@ -243,7 +243,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile both models (default: the preset's train.compile)")
     p.add_argument("--precision", choices=PRECISIONS, help="fp32, bf16 (autocast, fp32 weights) or bf16-master (bf16 "
-                   "weights, fp32 master copies in the optimizer); default: the preset's train.dtype")
+                   "weights, fp32 master copies in the optimizer); default: the preset's train.precision")
     p.add_argument("--optimizer", choices=("adamw", "muon"), help="default: the preset's train.optimizer")
     p.add_argument("--checkpoint-layers", type=int, help="blocks with activation checkpointing (default: the preset's)")
     p.add_argument("--steps", type=int, default=20, help="timed steps (default: %(default)s)")

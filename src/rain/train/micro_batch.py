@@ -12,7 +12,7 @@ from rain.config import RunConfig
 from rain.errors import RainError
 from rain.model.transformer import Transformer
 from rain.runtime import autocast_for
-from rain.train.optim import build_optimizer
+from rain.train.precision import build_training_optimizer
 
 GB = 1e9
 
@@ -44,8 +44,8 @@ def cuda_step_peak(cfg: RunConfig, device: torch.device) -> Callable[[int], floa
     at micro-batch b; reserved memory, so the caching allocator's slack counts too."""
     model = Transformer(cfg.model).to(device)
     model.checkpoint_layers = cfg.train.checkpoint_layers
-    optimizer = build_optimizer(model, cfg.train, device.type)
-    autocast = autocast_for(device, cfg.train.dtype)
+    optimizer = build_training_optimizer(model, cfg.train, device.type)  # bf16-master: bf16 weights, fp32 masters
+    autocast = autocast_for(device, cfg.train.precision)
 
     def peak(b: int) -> float | None:
         free_memory(device)

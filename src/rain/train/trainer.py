@@ -34,7 +34,7 @@ from rain.files import FolderLock, write_json_atomic
 from rain.model.moe import router_stats
 from rain.model.transformer import Transformer
 from rain.progress import progress
-from rain.runtime import Ranks, autocast_for, enable_tf32, pick_device
+from rain.runtime import Ranks, autocast_for, computes_bf16, enable_tf32, pick_device
 from rain import checkpoint as ckpt
 from rain.train.batches import PretrainData, TrainData
 from rain.train.gpu_guard import GpuGuard
@@ -42,6 +42,7 @@ from rain.train.metrics import (MetricsLog, active_params, flops_per_token, peak
                                 truncate_after)
 from rain.train.long_run import Deadline, DivergenceGuard, EarlyStopping, ends_epoch, epoch_windows, epochs_done, run_steps
 from rain.train.optim import build_optimizer, set_lr, warmup_steps
+from rain.train.precision import build_training_optimizer, checkpoint_weights, clip_params, restore_model
 from rain.train.validation import format_validation, source_losses, validation_report
 
 RUN_FILES = ("config.json", "metrics.jsonl", "run_summary.json", "loss.png")
@@ -93,10 +94,9 @@ def checkpoint_steps(total: int, n: int) -> set[int]:
 
 def weights_only_dtype(t: TrainConfig, device: torch.device) -> torch.dtype:
     """The dtype of weights-only checkpoints (train.intermediate_dtype): auto is bf16 when the run computes in
-    bf16 (its autocast), where storing bf16 loses little; an fp32 run keeps fp32, so evaluating a step_N gives
+    bf16 (train.precision), where storing bf16 loses little; an fp32 run keeps fp32, so evaluating a step_N gives
     exactly the validation loss training recorded."""
-    computes_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")  # as autocast_for decides
-    bf16 = t.intermediate_dtype == "bf16" or (t.intermediate_dtype == "auto" and computes_bf16)
+    bf16 = t.intermediate_dtype == "bf16" or (t.intermediate_dtype == "auto" and computes_bf16(device, t.precision))
     return torch.bfloat16 if bf16 else torch.float32
 
 
@@ -257,7 +257,7 @@ class Trainer:
         t = self.cfg.train
         torch.manual_seed(t.seed)
         enable_tf32(self.device)
-        self.autocast = autocast_for(self.device, t.dtype)
+        self.autocast = autocast_for(self.device, t.precision)
         if model is None:
             model = build_model(self.cfg, self.device, init_from, self.data.tokenizer_path)
         # A given model is trained instead, called as model(x, y, doc_ids=) -> loss (rain bench's transformers model)
@@ -266,11 +266,13 @@ class Trainer:
         self.n_params = self.model.num_params()
         self.flops_per_token = flops_per_token(self.cfg.model, self.n_params)
         self.peak_flops = peak_flops(self.device)
+        # Before compile and DDP: under train.precision = bf16-master it turns the model's parameters bf16, keeping
+        # fp32 masters that the optimizer steps (rain.train.precision.MasterWeights).
+        self.optimizer = build_training_optimizer(self.model, t, self.device.type)
         self.step_model = torch.compile(self.model) if t.compile else self.model
         if self.ranks.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = DistributedDataParallel(self.step_model, device_ids=ids)
-        self.optimizer = build_optimizer(self.model, t, self.device.type)
 
     def _lineage(self, init_from) -> dict:
         hardware = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
@@ -302,7 +304,8 @@ class Trainer:
                 loss.backward()
             step_loss += loss.detach()
         self.phase_done("forward_backward")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        params = clip_params(self.model, self.optimizer)  # bf16-master: the fp32 masters, their gradients moved on
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
         loss_value, norm, stop_voted = self._read_step(step_loss, grad_norm, stop_vote)
         skipped = not (math.isfinite(loss_value) and math.isfinite(norm))
         if not skipped:
@@ -369,7 +372,8 @@ class Trainer:
         if ckpt.load_config(source).model != self.cfg.model:
             raise RainError(f"{self.run_dir}: the checkpoint's model shape differs from the config; "
                             "resume with the run's own config")
-        state, rng = ckpt.load_training_state(source, self.model, self.optimizer)
+        state, rng = ckpt.load_training_state(source, checkpoint_weights(self.model, self.optimizer), self.optimizer)
+        restore_model(self.optimizer)  # bf16-master: the bf16 model from the fp32 masters just loaded
         self.load_state_dict(state)
         self.resumed = (source, {k: v for k, v in state.items() if k.startswith("val_")})
         torch.set_rng_state(rng["cpu"])
@@ -383,7 +387,8 @@ class Trainer:
         always), else its weights only, in self.weights_dtype."""
         if self.ranks.main:
             full = ckpt.keeps_optimizer(name, self.cfg.train.keep_full)
-            ckpt.save_checkpoint(self.run_dir / "checkpoints" / name, self.model, self.optimizer if full else None,
+            weights = checkpoint_weights(self.model, self.optimizer)  # bf16-master: the fp32 masters
+            ckpt.save_checkpoint(self.run_dir / "checkpoints" / name, weights, self.optimizer if full else None,
                                  {**self.state_dict(), **(val or {})}, self.cfg, self.data.tokenizer_path,
                                  extra_tensors={"cpu": torch.get_rng_state()},
                                  weights_dtype=None if full else self.weights_dtype)
