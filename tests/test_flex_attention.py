@@ -9,7 +9,7 @@ from rain.model.transformer import Transformer, uses_flex
 from tests.conftest import small_model_config
 
 pytestmark = [pytest.mark.skipif(transformer.flex_attention is None, reason="needs torch 2.5+ (FlexAttention)"),
-              pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")]  # on purpose here
+              pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")]  # eager flex on purpose: CPU
 
 # Two rows split differently, documents crossing flex's 128-token tiles (at 128 and 256) and a one-token document.
 SPLITS = [[100, 60, 140, 19, 1], [200, 120]]
