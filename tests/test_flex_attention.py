@@ -6,7 +6,7 @@ import torch
 
 from rain.model import transformer
 from rain.model.transformer import Transformer, uses_flex
-from tests.conftest import small_model_config
+from tests.conftest import small_model_config, tiny_run_config
 
 pytestmark = [pytest.mark.skipif(transformer.flex_attention is None, reason="needs torch 2.5+ (FlexAttention)"),
               pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")]  # eager flex on purpose: CPU
@@ -77,3 +77,14 @@ def test_auto_document_masking_trains_on_cpu_through_sdpa(monkeypatch):
     tokens, doc_ids, _ = packed_documents(model.cfg.vocab_size)
     model(tokens, tokens.roll(-1, dims=1), doc_ids=doc_ids).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_train_attention_chooses_the_kernel_of_a_run_and_a_bad_one_is_one_line(tiny_data, tmp_path):
+    from rain.config import validate
+    from rain.errors import RainError
+    from rain.train.trainer import Trainer
+
+    trainer = Trainer(tiny_run_config(tiny_data, doc_mask=True, attention="sdpa"), tmp_path / "run", log=lambda *_: None)
+    assert trainer.model.attention == "sdpa"  # a GPU user whose flex kernel fails falls back through the config
+    with pytest.raises(RainError, match=r"train.attention 'flash' must be auto, flex or sdpa"):
+        validate(tiny_run_config(tiny_data, attention="flash"))

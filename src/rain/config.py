@@ -99,6 +99,9 @@ class TrainConfig:
     early_stop_min_delta: float = 0.0
     tracker: str = "none"  # none | trackio | tensorboard
     doc_mask: bool = False
+    # The kernel of document masking: auto (FlexAttention on CUDA, else SDPA with a dense mask), flex or sdpa (the
+    # fallback where a GPU's flex kernel fails).
+    attention: str = "auto"
     optimizer: str = "adamw"  # adamw | muon (Muon for the hidden 2-D matrices, AdamW for embeddings and norms)
     muon_lr: float = 0.02  # Muon's own peak LR, warm-up and schedule; it decays to muon_lr * min_lr / lr
     muon_warmup: float = 0.0
@@ -378,6 +381,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.spike_factor ({t.spike_factor}) must be 0 (off) or above 1: a loss at or under the median is no spike")
     if t.schedule not in ("cosine", "wsd", "constant"):
         problems.append(f"train.schedule {t.schedule!r} must be cosine, wsd or constant")
+    if t.attention not in ("auto", "flex", "sdpa"):
+        problems.append(f"train.attention {t.attention!r} must be auto, flex or sdpa")
     if t.precision not in PRECISIONS:
         problems.append(f"train.precision {t.precision!r} must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
     if t.tracker not in ("none", "trackio", "tensorboard"):

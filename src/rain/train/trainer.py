@@ -263,6 +263,7 @@ class Trainer:
         # A given model is trained instead, called as model(x, y, doc_ids=) -> loss (rain bench's transformers model)
         self.model = model.to(self.device)
         self.model.checkpoint_layers = t.checkpoint_layers
+        self.model.attention = t.attention
         self.n_params = self.model.num_params()
         self.flops_per_token = flops_per_token(self.cfg.model, self.n_params)
         self.peak_flops = peak_flops(self.device)
