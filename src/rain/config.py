@@ -132,6 +132,19 @@ class TrainConfig:
 
 
 @dataclass
+class StageConfig:
+    """One [[data.stage]] of a mixture that changes during training: from `start` (a fraction of the run's steps,
+    in [0, 1)) or `start_tokens` (tokens trained) on, training windows are drawn by source in `weights` (sources
+    left out get 0; they sum to 1). With `blend`, the weights move linearly from the previous stage's (or
+    data.weights) to these over the stage's steps: its step i of n draws with prev + (i + 1) / n x (these - prev),
+    so its last step draws with these. See rain.data.schedule."""
+    start: float | None = None
+    start_tokens: int | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    blend: bool = False
+
+
+@dataclass
 class DataConfig:
     dir: str = ""  # the prepared data folder (shards + manifest.json) that `rain train` reads
     paths: list[str] = field(default_factory=list)  # empty: the built-in corpus (see rain.data.builtin)
@@ -146,6 +159,11 @@ class DataConfig:
     # A longer record (file, line, JSON text...) is cut at whitespace into pieces of at most this many characters,
     # each a document, so memory stays bounded whatever the input (0: no cap).
     max_doc_chars: int = 1_000_000
+    # Training-time mixing (rain.data.schedule): each training window is drawn from one source in these shares
+    # (source names of the prepared folder; sources left out get 0; they sum to 1). Empty, with no stages: windows
+    # are drawn uniformly over the prepared tokens, so each source's share is its share of the tokens (as prepared).
+    weights: dict[str, float] = field(default_factory=dict)
+    stage: list[StageConfig] = field(default_factory=list)  # [[data.stage]]: the weights change during training
 
 
 @dataclass
@@ -177,6 +195,19 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if dataclasses.is_dataclass(hint):  # a table, e.g. one [[data.stage]]
+        if not isinstance(value, dict):
+            raise RainError(f"config {where}: expected a table, got {value!r}")
+        hints = typing.get_type_hints(hint)
+        unknown = sorted(set(value) - set(hints))
+        if unknown:
+            raise RainError(f"config {where}: unknown key {unknown[0]!r} (known: {', '.join(hints)})")
+        return hint(**{k: _check_type(f"{where}.{k}", v, hints[k]) for k, v in value.items()})
+    if origin is dict:
+        key_hint, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise RainError(f"config {where}: expected a table of {item.__name__} values, got {value!r}")
+        return {_check_type(where, k, key_hint): _check_type(f"{where}.{k}", v, item) for k, v in value.items()}
     if origin in (list,):
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -353,6 +384,54 @@ def range_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
+def stage_start_steps(cfg: RunConfig, total: int) -> list[int]:
+    """The first optimizer step (counted from 0) of each data.stage in a run of `total` steps: the first step that
+    begins at or past its fraction of the run (`start`), or after at least `start_tokens` trained tokens."""
+    per_step = cfg.tokens_per_step()
+    return [math.ceil(st.start * total - 1e-9) if st.start is not None else -(-st.start_tokens // per_step)
+            for st in cfg.data.stage]
+
+
+def _weight_problems(where: str, weights: dict[str, float]) -> list[str]:
+    if not weights:
+        return [f"{where}: no weights (give each source its share, e.g. {{ web = 0.8, math = 0.2 }})"]
+    for name, w in weights.items():
+        if not (math.isfinite(w) and w >= 0):
+            return [f"{where}: the weight of {name} is {w}; a weight must be a finite number >= 0"]
+    total = sum(weights.values())
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        return [f"{where}: the weights must sum to 1 (these sum to {total:.6g})"]
+    return []
+
+
+def mixture_problems(cfg: RunConfig, total: int | None = None) -> list[str]:
+    """What is wrong in data.weights and data.stage; with the run's steps known (`total`), a stage that starts past
+    the end of training or not after the one before too. Source names are checked when the data is opened."""
+    d = cfg.data
+    problems = _weight_problems("data.weights", d.weights) if d.weights else []
+    for i, st in enumerate(d.stage, 1):
+        where = f"data.stage[{i}]"
+        if (st.start is None) == (st.start_tokens is None):
+            problems.append(f"{where}: give start (a fraction of training) or start_tokens, one of the two")
+        elif st.start is not None and not (math.isfinite(st.start) and 0 <= st.start < 1):
+            problems.append(f"{where}.start = {st.start} must be in [0, 1): a fraction of training, before its end")
+        elif st.start_tokens is not None and st.start_tokens < 0:
+            problems.append(f"{where}.start_tokens = {st.start_tokens} must be >= 0")
+        problems += _weight_problems(f"{where}.weights", st.weights)
+    if total is None or problems:
+        return problems
+    steps, per_step = stage_start_steps(cfg, total), cfg.tokens_per_step()
+    for i, (st, step) in enumerate(zip(d.stage, steps), 1):
+        start = f"start = {st.start}" if st.start is not None else f"start_tokens = {st.start_tokens:,}"
+        if step >= total:
+            problems.append(f"data.stage[{i}] ({start}) starts at step {step:,}, past the end of training ({total:,} "
+                            f"steps, {total * per_step:,} tokens)")
+        elif i > 1 and step <= steps[i - 2]:
+            problems.append(f"data.stage[{i}] ({start}) starts at step {step:,}, not after data.stage[{i - 1}] (step "
+                            f"{steps[i - 2]:,}): list the stages in the order they start, at least a step apart")
+    return problems
+
+
 def validate(cfg: RunConfig) -> None:
     m, t = cfg.model, cfg.train
     problems = range_problems(cfg)
@@ -405,5 +484,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.checkpoint_layers ({t.checkpoint_layers}) must be between 0 and model.n_layer ({m.n_layer})")
     if t.gpu_max_temp and t.gpu_resume_temp and t.gpu_resume_temp >= t.gpu_max_temp:
         problems.append(f"train.gpu_resume_temp ({t.gpu_resume_temp}) must be below train.gpu_max_temp ({t.gpu_max_temp})")
+    # The run's steps are known here unless they depend on the data (train.epochs); then the data checks them.
+    steps_known = cfg.tokens_per_step() > 0 and (t.max_steps > 0 or (not t.epochs and t.total_tokens > 0))
+    problems += mixture_problems(cfg, cfg.total_steps() if steps_known else None)
     if problems:
         raise RainError("invalid config: " + "; ".join(problems))

@@ -58,6 +58,38 @@ class TokenStream:
         return self.doc_sources[np.maximum(doc, 0)]
 
 
+class SourceTokens:
+    """One source's documents in a split read as one sequence: its runs of consecutive documents (each document
+    with its `<|endoftext|>`), in stream order, back to back. Nothing is read until asked for."""
+
+    def __init__(self, stream: TokenStream, starts: np.ndarray, lengths: np.ndarray):
+        self.stream, self.starts = stream, starts.astype(np.int64)
+        self.cum = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # where each run begins in the source
+
+    def __len__(self) -> int:
+        return int(self.cum[-1])
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Tokens [a, b) of the source (a window may span several runs)."""
+        parts, b = [], min(b, len(self))
+        run = int(np.searchsorted(self.cum, a, "right")) - 1
+        while a < b:
+            end = min(b, int(self.cum[run + 1]))
+            offset = int(self.starts[run]) - int(self.cum[run])
+            parts.append(self.stream.read(offset + a, offset + end))
+            a, run = end, run + 1
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def source_tokens(stream: TokenStream, n_sources: int) -> list[SourceTokens]:
+    """Each source's tokens in an indexed stream, by source id: runs of consecutive documents of one source."""
+    src = stream.doc_sources
+    first = np.concatenate([[0], np.flatnonzero(np.diff(src)) + 1])  # the first document of each run
+    starts = stream.doc_starts[first]
+    lengths = np.diff(np.append(starts, len(stream)))
+    return [SourceTokens(stream, starts[src[first] == i], lengths[src[first] == i]) for i in range(n_sources)]
+
+
 def validation_windows(n_tokens: int, seq_len: int, n_windows: int, seed: int = 0) -> np.ndarray:
     """Start positions of `n_windows` windows of seq_len + 1 tokens spread over a split of n_tokens: the split is
     cut into n_windows equal strata and each window starts at a seeded random point of its own stratum, so every
@@ -111,6 +143,15 @@ class PreparedData:
         starts = np.concatenate([offsets[i] + r[:, 0] for i, r in enumerate(rows)]).astype(np.int64)
         sources = np.concatenate([r[:, 2] for r in rows]).astype(np.int64)
         return TokenStream(shards, starts, sources)
+
+    def sources(self, split: str) -> list[SourceTokens]:
+        """Each source's tokens in a split (by source id, as in source_names), from the document index: about
+        16 bytes of memory per run of consecutive documents of one source."""
+        stream = self.stream(split, sources=True)
+        if stream.doc_sources is None:
+            raise RainError(f"{self.dir}: the {split} split has no document index, so its tokens cannot be told apart "
+                            "by source; re-run `rain prepare` to mix sources at training time")
+        return source_tokens(stream, len(self.source_names))
 
     def counts(self, split: str, source: str | None = None) -> tuple[int, int]:
         """(tokens, UTF-8 bytes) of a split, or of one source in it: the ratio behind bits per byte."""

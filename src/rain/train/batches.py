@@ -10,10 +10,12 @@ import numpy as np
 import torch
 
 from rain.config import RunConfig
-from rain.data.loader import WindowLoader, document_ids
+from rain.data.loader import MixtureLoader, WindowLoader, document_ids
 from rain.data.prepared import PreparedData, validation_windows
+from rain.data.schedule import MixtureSchedule
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
+from rain.train.long_run import run_steps
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 # A validation batch also says which source each target token comes from (None: one source).
@@ -49,7 +51,8 @@ def validation_batches(stream, context: int, n_windows: int, micro_batch: int, e
 
 
 class PretrainData:
-    """Random windows from a prepared data folder (see rain.data.loader for the order and its state)."""
+    """Random windows from a prepared data folder (see rain.data.loader for the order and its state): uniform over
+    its tokens, or by source as data.weights and [[data.stage]] say (rain.data.schedule)."""
 
     def __init__(self, cfg: RunConfig, rank: int = 0, world: int = 1, micro_batch: int | None = None):
         if not cfg.data.dir:
@@ -65,9 +68,13 @@ class PretrainData:
         self.micro_batch = micro_batch or t.micro_batch
         # Counted in the configured micro-batches, so a fitted micro-batch scores the same windows.
         self.val_windows = t.eval_batches * t.micro_batch
+        self.schedule, self.samples_per_step = None, t.batch_size  # samples of every rank in one optimizer step
         try:
-            self.loader = WindowLoader(self.data.shards("train"), m.context, self.micro_batch,
-                                       seed=t.seed, rank=rank, world=world)
+            if cfg.data.weights or cfg.data.stage:
+                self.loader = self._mixture_loader(cfg, rank, world)
+            else:
+                self.loader = WindowLoader(self.data.shards("train"), m.context, self.micro_batch,
+                                           seed=t.seed, rank=rank, world=world)
         except ValueError as exc:
             raise RainError(f"{self.data.dir}: {exc}") from None
         self.val = self.data.stream("val", sources=True)
@@ -75,6 +82,35 @@ class PretrainData:
             raise RainError(f"{self.data.dir}: the validation split has {len(self.val):,} tokens and one window of "
                             f"model.context {m.context} needs {m.context + 1:,}; prepare more data (or raise "
                             "data.val_fraction), or shorten the context")
+
+    def _mixture_loader(self, cfg: RunConfig, rank: int, world: int) -> MixtureLoader:
+        names = self.data.source_names
+        loader = MixtureLoader(self.data.sources("train"), names, cfg.model.context, self.micro_batch,
+                               self._weights_at, self.samples_per_step, seed=cfg.train.seed, rank=rank, world=world)
+        shares = {n: self.data.counts("train", n)[0] for n in names}
+        self.schedule = MixtureSchedule.from_config(cfg, names, shares, run_steps(cfg, loader))
+        short = [n for n, used, w in zip(names, self.schedule.used(), loader.windows) if used and not w]
+        if short:
+            raise RainError(f"{self.data.dir}: source {short[0]} has a weight but fewer than {2 * cfg.model.context:,} "
+                            f"training tokens, too few for one window of model.context {cfg.model.context}; give it "
+                            "weight 0, prepare more of it, or shorten the context")
+        return loader
+
+    def _weights_at(self, step: int) -> np.ndarray:
+        return self.schedule.weights_at(step)
+
+    def mixture_in_force(self, state: dict) -> dict:
+        """{"mixture": weights by source} of the last batch a loader state (as checkpointed) has handed out, or {}
+        when windows are drawn uniformly."""
+        if self.schedule is None:
+            return {}
+        step = max(0, int(state["consumed"]) * int(state["world"]) - 1) // self.samples_per_step
+        return {"mixture": self.schedule.as_dict(self.schedule.weights_at(step))}
+
+    def stage_starts(self) -> list[dict]:
+        """Each data.stage as it falls in this run ({"stage": 1, "step": first step, "weights", "blend"})."""
+        stages = self.schedule.describe()[1:] if self.schedule is not None else []
+        return [{"stage": i, **s} for i, s in enumerate(stages, 1)]
 
     def _with_docs(self, x, y) -> Batch:
         return x, y, document_ids(x, self.tokenizer.eot_id) if self.doc_mask else None
@@ -102,4 +138,5 @@ class PretrainData:
         self.loader.load_state_dict(state)
 
     def describe(self) -> dict:
-        return {"data_dir": str(self.data.dir)}
+        extra = {"mixture_stages": self.schedule.describe()} if self.schedule is not None else {}
+        return {"data_dir": str(self.data.dir), **extra}

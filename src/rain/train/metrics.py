@@ -110,11 +110,12 @@ def smooth(values, half_window: int) -> list[float]:
 
 def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
     """Training loss (as logged, and smoothed by `smooth`) and validation loss against tokens seen, with a dashed
-    vertical line where each epoch ended."""
+    vertical line where each epoch ended and a dotted one, labelled, where each data.stage began."""
     records = read_metrics(run_dir)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
+    stages = [r for r in records if r.get("kind") == "stage"]
     if not train:
         return None
     import matplotlib
@@ -135,6 +136,10 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
         ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", color="tab:orange", label="validation")
     for i, r in enumerate(epochs):
         ax.axvline(r["tokens"], color="gray", ls="--", lw=1, label="end of an epoch" if i == 0 else None)
+    for i, r in enumerate(stages):
+        ax.axvline(r["tokens"], color="tab:green", ls=":", lw=1.5, label="a data stage begins" if i == 0 else None)
+        ax.annotate(f" stage {r['stage']}", (r["tokens"], 1), xycoords=("data", "axes fraction"), va="top",
+                    fontsize=8, color="tab:green")
     tokens_axis(ax)
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)

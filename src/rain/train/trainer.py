@@ -436,6 +436,7 @@ class Trainer:
                     self._diverged(diverged, metrics, bar)  # back to a checkpoint, and on from there; or it raises
                     continue
                 self._mark_epoch(stats.step, metrics)
+                self._mark_stage(stats.step, metrics)
                 stopping = self._why_stop(stats, stop.requested, stop_after) if stats.step < self.total else None
                 ended = self._validate_and_save(stats.step, metrics, keep, stopping is not None)
                 if ended:
@@ -506,6 +507,7 @@ class Trainer:
         if self.peak_flops:
             entry["mfu"] = round(tok_s * self.flops_per_token / self.peak_flops, 4)
         entry.update(router_stats(self.model))
+        entry.update(self._mixture_in_force())
         entry.update(self.guard.read(stats.step))
         if metrics is not None:
             metrics.log(entry)
@@ -544,6 +546,17 @@ class Trainer:
         epoch = self.epoch_windows and ends_epoch(step, self.cfg.train.batch_size, self.epoch_windows)
         if epoch and metrics is not None:
             metrics.log({"kind": "epoch", "step": step, "tokens": step * self.tokens_per_step, "epoch": epoch})
+
+    def _mixture_in_force(self) -> dict:
+        """{"mixture": weights by source} of the data just trained on, when the data draws by source (data.stage)."""
+        in_force = getattr(self.data, "mixture_in_force", None)
+        return in_force(self.batches.state_dict()) if in_force else {}
+
+    def _mark_stage(self, step: int, metrics) -> None:
+        """A stage record at the step after which a data.stage begins (loss.png draws it as a vertical line)."""
+        for stage in getattr(self.data, "stage_starts", list)():
+            if stage["step"] == step and step > 0 and metrics is not None:
+                metrics.log({"kind": "stage", "tokens": step * self.tokens_per_step, **stage})
 
     def _why_stop(self, stats: StepStats, signal_name: str | None, stop_after: int | None) -> tuple[str, str] | None:
         """(what the log says, what the summary says) when the run stops after this step, saving `last`."""
@@ -774,7 +787,13 @@ def summarize(trainer: Trainer, records: list[dict]) -> dict:
         "checkpoint_bytes": ckpt.folder_bytes(trainer.run_dir / "checkpoints"),  # what the checkpoints take on disk
         "checkpoint_bytes_projected": trainer.disk_plan.total,  # what the run's plan said they would, at its end
         **trainer.data.describe(), **trainer.lineage,
+        **source_windows(trainer.batches.state_dict()),
     }
+
+
+def source_windows(loader_state: dict) -> dict:
+    """{"source_windows": windows each source has given} when the data draws by source (realised, not planned)."""
+    return {"source_windows": loader_state["source_windows"]} if "source_windows" in loader_state else {}
 
 
 def long_run_lines(s: dict) -> list[str]:
