@@ -1,5 +1,6 @@
 """`rain eval`: validation loss / perplexity / bits per byte and benchmarks for one checkpoint or every
-checkpoint of a run, resumable, into RUN/eval/results.jsonl plus a trend table and curves."""
+checkpoint of a run, resumable, into RUN/eval/results.jsonl plus a trend table and curves. `rain decontaminate`:
+the benchmark items found in a prepared folder's shards (rain.eval.decontaminate)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import os
 from pathlib import Path
 
+from rain.commands_common import number
 from rain.errors import RainError
 from rain.eval.tasks import EVAL_DATA_ENV, eval_data_cache, eval_data_hint
 
@@ -86,6 +88,19 @@ def cmd_eval(args) -> None:
           + ", ".join(str(p) for p in written))
 
 
+def cmd_decontaminate(args) -> None:
+    from rain.eval.decontaminate import decontaminate, table
+
+    report = decontaminate(args.data_dir, eval_data_dir(args.eval_data), tasks=parse_tasks(args.tasks) or None,
+                           ngram=args.ngram, drop=args.drop, out=args.out, samples=args.samples)
+    print(table(report), end="")
+    dropped = report["dropped"]
+    if dropped is not None:
+        print(f"dropped {dropped['documents']:,} training document(s) ({dropped['tokens']:,} tokens); "
+              "the validation split is unchanged" if dropped["documents"] else "--drop: no document to drop")
+    print(f"wrote {report['path']}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint or every checkpoint of a run", description=
                        "Validation loss, perplexity and bits per byte (per source) on the held-out split, plus "
@@ -122,3 +137,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "probing completion (builds eval/memorisation_index once) into eval/memorisation.md")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("decontaminate", help="find benchmark items in a prepared folder's shards (and drop them)",
+                       description="Find the benchmark items (of the tasks rain evaluates, read as for `rain eval`) "
+                       "whose token n-grams occur in a prepared data folder's training or validation documents; write "
+                       "the contaminated items per task, per source and with samples of the matching text to "
+                       "decontamination.json and print a table. With --drop, rewrite the training split without the "
+                       "documents that hold them.")
+    p.add_argument("data_dir", help="a prepared data folder (written by `rain prepare`)")
+    p.add_argument("--eval-data", metavar="DIR", help="folder of benchmark files, laid out as for `rain eval --eval-data` "
+                   f"(default: ${EVAL_DATA_ENV}, then $XDG_CACHE_HOME/rain/eval, then the Hugging Face hub)")
+    p.add_argument("--tasks", metavar="LIST", help="benchmarks, comma-separated, or 'all' (default: every one found in "
+                   "the benchmark folder)")
+    p.add_argument("--ngram", type=number(int, "[1, inf)"), default=13, metavar="N",
+                   help="tokens per n-gram; a text shorter than this is matched whole (default: %(default)s, as GPT-3)")
+    p.add_argument("--drop", action="store_true", help="rewrite the training split without the documents that hold "
+                   "a benchmark n-gram (the validation split is left alone); recorded in manifest.json")
+    p.add_argument("--out", metavar="DIR", help="where to write decontamination.json (default: the data folder)")
+    p.add_argument("--samples", type=number(int, "[0, inf)"), default=3, metavar="K",
+                   help="matching documents shown per contaminated item (default: %(default)s)")
+    p.set_defaults(func=cmd_decontaminate)
