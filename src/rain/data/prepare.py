@@ -26,7 +26,7 @@ from rain.errors import RainError
 
 # Only files prepare writes are ever deleted (an --out folder may hold other things).
 OUTPUT_FILE = re.compile(r"^\.?(train|val)_\d{6}\.(bin|idx\.npy)(\.partial)?$|^\.dedup_(hashes|minhash)\.bin$"
-                         r"|^(manifest\.json|tokenizer\.json|report\.md|report\.json|doc_lengths\.png)$"
+                         r"|^(manifest\.json|tokenizer\.json|report\.md|report\.json|doc_lengths\.png|decontamination\.json)$"
                          r"|^\.prepare_state\.npz$")
 
 
