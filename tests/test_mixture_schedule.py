@@ -137,7 +137,10 @@ def test_a_staged_run_changes_the_realised_counts_at_its_boundary(tiny_data, tmp
     train(staged_config(tiny_data), run, stop_after=4, log=lambda *_: None)
     halfway = json.loads((run / "checkpoints/last/state.json").read_text())["loader"]["source_windows"]
     assert halfway["code"] == 0 and halfway["math"] + halfway["prose"] == 16  # 4 steps x 4 windows
-    summary = train(staged_config(tiny_data), run, resume=True, log=lambda *_: None)
+    lines = []
+    summary = train(staged_config(tiny_data), run, resume=True, log=lines.append)
+    assert any(line.startswith("  windows by source: math ") and line.endswith("(of 32)")
+               for line in "\n".join(lines).splitlines()), lines
     second = {k: summary["source_windows"][k] - halfway[k] for k in halfway}
     assert second["prose"] == 0 and second["code"] > second["math"] and sum(second.values()) == 16
     records = read_metrics(run)

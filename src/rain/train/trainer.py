@@ -817,6 +817,10 @@ def format_summary(s: dict) -> str:
         first = f"{s['first_val_loss']:.4f} -> " if s.get("first_val_loss") is not None else ""
         best = f" (best {s['best_val_loss']:.4f})" if s.get("best_val_loss") is not None else ""
         lines.append(f"  validation loss {first}{s['final_val_loss']:.4f}{best}")
+    if s.get("source_windows"):
+        n = max(1, sum(s["source_windows"].values()))
+        drawn = ", ".join(f"{k} {v / n:.1%}" for k, v in s["source_windows"].items())
+        lines.append(f"  windows by source: {drawn} (of {n:,})")
     if s.get("checkpoint_bytes") is not None:
         lines.append(f"  checkpoints {ckpt.format_size(s['checkpoint_bytes'])} on disk ({s['checkpoint_bytes']:,} bytes)")
     return "\n".join(lines)
