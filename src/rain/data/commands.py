@@ -1,5 +1,5 @@
-"""`rain prepare` (text -> tokenizer + token shards) and `rain data report` (what the model will read: realised
-shares, filter counts, bytes/token, samples)."""
+"""`rain prepare` (text -> tokenizer + token shards), `rain data report` (what the model will read: realised
+shares, filter counts, bytes/token, samples) and `rain data filter` (keep documents by `rain score`'s scores)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,23 @@ def cmd_report(args) -> None:
     print(f"wrote {Path(args.out or args.data_dir) / 'report.md'} (and report.json, doc_lengths.png)")
 
 
+def cmd_filter(args) -> None:
+    from rain.data.quality import filter_folder
+
+    report = filter_folder(args.data_dir, args.scores, thresholds=args.threshold, quantiles=args.keep_quantile,
+                           drop=args.drop, out=args.out, samples=args.samples)
+    for name, e in report["by_source"].items():
+        thr = "kept whole" if e["threshold"] is None else f"threshold {e['threshold']:.4g}"
+        print(f"{name}: keep {e['kept']:,} of {e['documents']:,} documents, drop {e['dropped']:,} ({thr})")
+    t = report["total"]
+    if "dropped" in report:
+        print(f"dropped {report['dropped']['documents']:,} training document(s) in {report['dropped']['folder']}")
+    else:
+        print(f"would drop {t['dropped']:,} of {t['documents']:,} training documents (nothing changed: --drop or --out "
+              "to apply)")
+    print(f"wrote {report['path']}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="corpus -> BPE tokenizer + token shards", description=
                        "Read text, train a byte-level BPE tokenizer and write uint16/uint32 token shards plus a held-out "
@@ -54,3 +71,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", help="where to write the report (default: the data folder)")
     r.add_argument("--samples", type=int, default=3, help="random documents shown per source (default: %(default)s)")
     r.set_defaults(func=cmd_report)
+
+    f = data_sub.add_parser("filter", help="keep training documents by their quality scores (`rain score`)",
+                            description="Choose the training documents to keep by scores/NAME (written by `rain score`): "
+                            "a threshold, or the best share of each source's documents (CCNet-style). Writes "
+                            "scores/NAME.filter.md and .json (counts per source, the documents nearest the threshold "
+                            "on both sides); rerun it with other values freely, nothing is rescored. --drop rewrites "
+                            "the training split in place, --out writes a filtered copy (the validation split is kept).")
+    f.add_argument("data_dir", help="a prepared data folder with scores/NAME.npy")
+    f.add_argument("--scores", required=True, metavar="NAME", help="which scores (scores/NAME.npy)")
+    f.add_argument("--threshold", action="append", metavar="[SOURCE=]X", help="keep scores at or above X (perplexity: "
+                   "at or below, lower is better); SOURCE= for one source, else every source without its own rule; "
+                   "repeatable")
+    f.add_argument("--keep-quantile", action="append", metavar="[SOURCE=]Q", help="keep the best share Q in (0, 1] of "
+                   "each source's documents (SOURCE= for one source); repeatable")
+    f.add_argument("--drop", action="store_true", help="rewrite the training split without the dropped documents")
+    f.add_argument("--out", metavar="DIR", help="write the filtered folder here instead, leaving DATA as it is")
+    f.add_argument("--samples", type=int, default=3, help="documents shown each side of the threshold per source "
+                   "(default: %(default)s)")
+    f.set_defaults(func=cmd_filter)

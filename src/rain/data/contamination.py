@@ -339,10 +339,11 @@ def _unlisted_shard_files(folder: Path, manifest: dict, split: str) -> list[Path
 
 def drop_documents(data_dir: str | Path, drop: np.ndarray, record: dict, split: str = "train",
                    rules: dict[str, np.ndarray] | None = None, family: str = "decontamination",
-                   log: Callable[[str], None] = print, scanned: list[dict] | None = None) -> dict:
+                   log: Callable[[str], None] = print, scanned: list[dict] | None = None,
+                   history: str = "decontaminated") -> dict:
     """Rewrite the split without the documents numbered `drop` (stream order, as `split_documents` numbers them),
     safely (see the module docstring). `record` (why they were dropped) is appended to the manifest's
-    `decontaminated` list with the counts; `rules` (a name -> the dropped documents it applies to, e.g. per
+    `history` list (`decontaminated`; rain.data.quality's filter: `quality_filtered`) with the counts; `rules` (a name -> the dropped documents it applies to, e.g. per
     benchmark) is counted per source under manifest `filters[source][family]`, which `rain data report` lists.
     `scanned`: the split's shard records when the documents were numbered; the drop is refused if the folder
     has changed since (the numbers would name other documents). Returns the appended record."""
@@ -350,13 +351,13 @@ def drop_documents(data_dir: str | Path, drop: np.ndarray, record: dict, split: 
     lock = FolderLock(folder, "rain decontaminate --drop")
     try:
         return _drop(folder, np.unique(np.asarray(drop, dtype=np.int64)), record, split, rules or {}, family, log,
-                     scanned)
+                     scanned, history)
     finally:
         lock.close()
 
 
 def _drop(folder: Path, drop: np.ndarray, record: dict, split: str, rules: dict, family: str, log,
-          scanned: list[dict] | None) -> dict:
+          scanned: list[dict] | None, history: str) -> dict:
     data = PreparedData(folder)
     manifest = data.manifest
     if scanned is not None and manifest["splits"].get(split) != scanned:
@@ -430,7 +431,7 @@ def _drop(folder: Path, drop: np.ndarray, record: dict, split: str, rules: dict,
         total = sum(s.get("tokens", 0) for s in stats.values())
         new["mixture"] = {**manifest["mixture"], "train_tokens": total,
                           "realised": {n: s.get("tokens", 0) / max(1, total) for n, s in stats.items()}}
-    new["decontaminated"] = [*manifest.get("decontaminated", []), dropped]
+    new[history] = [*manifest.get(history, []), dropped]
     write_json_atomic(folder / MANIFEST, new)  # the commit: from here on the folder is the new one
     for rec in records:
         for name in (rec["file"], rec.get("index")):

@@ -1,6 +1,7 @@
 """`rain eval`: validation loss / perplexity / bits per byte and benchmarks for one checkpoint or every
 checkpoint of a run, resumable, into RUN/eval/results.jsonl plus a trend table and curves. `rain decontaminate`:
-the benchmark items found in a prepared folder's shards (rain.eval.decontaminate)."""
+the benchmark items found in a prepared folder's shards (rain.eval.decontaminate). `rain score`: a quality score
+per training document (rain.eval.quality), for `rain data filter`."""
 
 from __future__ import annotations
 
@@ -101,6 +102,18 @@ def cmd_decontaminate(args) -> None:
     print(f"wrote {report['path']}")
 
 
+def cmd_score(args) -> None:
+    from rain.eval.quality import score
+
+    info = score(args.data_dir, args.kind, model=args.model, name=args.name, max_tokens=args.max_tokens,
+                 batch_size=args.batch_size, device=args.device, label=args.label)
+    for source, s in info["by_source"].items():
+        if "median" in s:
+            print(f"{source}: {s['documents']:,} documents, median {s['median']:.4g} (p10 {s['p10']:.4g}, "
+                  f"p90 {s['p90']:.4g})" + (f", {s['unscored']:,} unscored" if s["unscored"] else ""))
+    print(f"next: rain data filter {args.data_dir} --scores {info['name']} --threshold X (or --keep-quantile Q)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint or every checkpoint of a run", description=
                        "Validation loss, perplexity and bits per byte (per source) on the held-out split, plus "
@@ -157,3 +170,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=number(int, "[0, inf)"), default=3, metavar="K",
                    help="matching documents shown per contaminated item (default: %(default)s)")
     p.set_defaults(func=cmd_decontaminate)
+
+    p = sub.add_parser("score", help="a quality score per training document: perplexity, classifier or readability",
+                       description="Score every training document of a prepared folder and write the scores beside "
+                       "them (DATA/scores/NAME.npy, one per document, and NAME.json: the model, settings, statistics "
+                       "per source), for `rain data filter`, which keeps documents by them without rescoring. "
+                       "perplexity: bits per byte under a reference model (a rain run or checkpoint, or a Hugging "
+                       "Face causal LM folder; each reads the text with its own tokenizer), lower is better. "
+                       "classifier: a Hugging Face sequence classifier folder (e.g. FineWeb-Edu's): its regression "
+                       "output, or the expected label index (or --label's probability) with several labels. "
+                       "readability: Flesch reading ease, no model.")
+    p.add_argument("data_dir", help="a prepared data folder (written by `rain prepare`)")
+    p.add_argument("--kind", required=True, choices=["perplexity", "classifier", "readability"])
+    p.add_argument("--model", metavar="PATH", help="the reference model (perplexity) or the classifier folder "
+                   "(local files only)")
+    p.add_argument("--name", help="the scores' name, scores/NAME.npy (default: the kind)")
+    p.add_argument("--max-tokens", type=number(int, "[2, inf)"), default=512, metavar="N",
+                   help="score each document's first N tokens, in the model's tokens (default: %(default)s)")
+    p.add_argument("--batch-size", type=number(int, "[1, inf)"), default=8, metavar="N",
+                   help="documents per forward pass (default: %(default)s)")
+    p.add_argument("--label", help="with a classifier of several labels: score the probability of this label "
+                   "(default: the expected label index)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_score)
