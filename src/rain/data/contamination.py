@@ -348,7 +348,7 @@ def drop_documents(data_dir: str | Path, drop: np.ndarray, record: dict, split: 
     `scanned`: the split's shard records when the documents were numbered; the drop is refused if the folder
     has changed since (the numbers would name other documents). Returns the appended record."""
     folder = Path(data_dir)
-    lock = FolderLock(folder, "rain decontaminate --drop")
+    lock = FolderLock(folder, f"a rewrite of its {split} shards (rain decontaminate or rain data filter, --drop)")
     try:
         return _drop(folder, np.unique(np.asarray(drop, dtype=np.int64)), record, split, rules or {}, family, log,
                      scanned, history)
