@@ -269,9 +269,12 @@ def test_finished_data_needs_overwrite_and_overwrite_keeps_other_files(tmp_path)
     with pytest.raises(RainError, match="already holds prepared data; pass --overwrite"):
         prepare(cfg, out, log=quiet)
     (out / "decontamination.json").write_text("{}")  # `rain decontaminate`'s report of the shards being replaced
+    (out / "scores").mkdir()
+    (out / "scores" / "ppl.npy").write_bytes(b"")  # `rain score`'s scores of the documents being replaced
     prepare(cfg, out, log=quiet, overwrite=True)
     assert (out / "train_notes.md").read_text() == "mine"
-    assert not (out / "decontamination.json").exists()  # a stale report must not describe the new shards
+    assert not (out / "decontamination.json").exists()  # stale reports must not describe the new shards
+    assert not (out / "scores").exists()
 
 
 def test_weights_not_summing_to_one_fail_before_any_work(tmp_path):

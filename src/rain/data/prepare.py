@@ -60,7 +60,18 @@ def fingerprint(cfg: RunConfig, mixture: Mixture) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# `rain score` / `rain data filter` files: they describe the shards a fresh prepare replaces.
+SCORES_FILE = re.compile(r"^[^/]+\.(npy|json|filter\.md|filter\.json)$")
+
+
 def clean_out_dir(out: Path, temporaries_only: bool = False) -> None:
+    scores = out / "scores"
+    if not temporaries_only and scores.is_dir():
+        for path in scores.iterdir():
+            if path.is_file() and SCORES_FILE.match(path.name):
+                path.unlink()
+        if not any(scores.iterdir()):
+            scores.rmdir()
     for path in out.iterdir():
         temporary = ".tmp-" in path.name  # left by a write_atomic that was killed
         name = path.name.split(".tmp-")[0][1:] if temporary else path.name
