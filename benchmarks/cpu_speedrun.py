@@ -59,17 +59,24 @@ def prepared_data(out: Path, log) -> Path:
 def run_arm(name: str, data: Path, out: Path, flops: float, seed: int, extra: list[str], log) -> dict:
     cfg = load_config("tiny", ARMS[name] + extra + [f"train.seed={seed}", "train.device='cpu'", "train.checkpoints=0",
                                                     "train.eval_batches=40", "train.log_every=25"])
+    return train_for_flops(cfg, name, data, out / f"{name}-seed{seed}", flops, ARMS[name] + extra, log)
+
+
+def train_for_flops(cfg, name: str, data: Path, run: Path, flops: float, overrides: list[str], log,
+                    steps: int = 0) -> dict:
+    """Train `cfg` on `data` for `flops` training FLOPs (or exactly `steps` steps), validating once at the end;
+    the schedule spans the run. Returns the run's figures (val bits/byte among them)."""
     cfg.data.dir = str(data)
     fpt = flops_per_token(cfg.model, Transformer(cfg.model).num_params())
-    steps = max(1, int(flops // (fpt * cfg.tokens_per_step())))
+    steps = steps or max(1, int(flops // (fpt * cfg.tokens_per_step())))
     cfg.train.max_steps = cfg.train.eval_every = steps
     t0 = time.time()
-    summary = train(cfg, out / f"{name}-seed{seed}", overwrite=True, log=lambda *_: None)
-    result = {"arm": name, "seed": seed, "steps": steps, "tokens": summary["tokens_seen"],
+    summary = train(cfg, run, overwrite=True, log=lambda *_: None)
+    result = {"arm": name, "seed": cfg.train.seed, "steps": steps, "tokens": summary["tokens_seen"],
               "flops": steps * cfg.tokens_per_step() * fpt, "val_loss": summary["final_val_loss"],
               "val_bpb": summary["final_val_bpb"], "seconds": round(time.time() - t0, 1),
-              "tokens_per_s": summary["tokens_per_s"], "overrides": ARMS[name] + extra}
-    log(f"  {name} (seed {seed}): {steps} steps, val loss {result['val_loss']:.4f}, "
+              "tokens_per_s": summary["tokens_per_s"], "overrides": overrides}
+    log(f"  {name} (seed {cfg.train.seed}): {steps} steps, val loss {result['val_loss']:.4f}, "
         f"{result['val_bpb']:.4f} bits/byte, {result['seconds']:.0f} s")
     return result
 
