@@ -20,7 +20,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from rain.config import DataConfig
-from rain.data.filters import FilterConfig, Signer, gopher_reason, length_reason, normalized_hash, word_hashes
+from rain.data.filters import (FilterConfig, Signer, detect_language, detects_language, gopher_reason, length_reason,
+                               normalized_hash, word_hashes)
 from rain.data.sources import Record, Source, read_records
 
 CHUNK_BYTES = 1 << 20
@@ -55,6 +56,8 @@ class Processed(NamedTuple):
     signatures: np.ndarray | None
     lengths: np.ndarray
     tokens: np.ndarray
+    languages: list[str]  # ISO 639-1 code per document; "" where not detected (no need, or dropped before)
+    chars: np.ndarray
 
 
 class Doc(NamedTuple):
@@ -65,6 +68,8 @@ class Doc(NamedTuple):
     hash: int = 0
     signature: np.ndarray | None = None
     tokens: np.ndarray | None = None
+    language: str = ""
+    chars: int = 0
 
 
 _tokenizers: dict = {}
@@ -93,13 +98,20 @@ def process(texts: list[str], job: Job) -> Processed:
     near = job.dedup and f.near_dedup
     signer = _signers.setdefault((f.num_perm, f.shingle_words), Signer(f.num_perm, f.shingle_words)) if near else None
     signatures = np.zeros((n, f.num_perm), dtype=signer.template.hashvalues.dtype) if near else None
+    languages = [""] * n
+    detect = detects_language(f, job.prose)
     for i, text in enumerate(texts):
         data = text.encode("utf-8")
         nbytes[i] = len(data)
         val[i] = is_validation(data, job.val_seed, job.val_fraction)
         reason = length_reason(text, f)
         words = None
-        if reason is None and job.prose and f.quality:
+        if reason is None and detect:
+            languages[i] = detect_language(text)
+            if f.languages and languages[i] not in f.languages:
+                reason = f"language:{languages[i]}"
+        # The Gopher rules are English rules (stop words, word lengths): other languages are not checked by them.
+        if reason is None and job.prose and f.quality and languages[i] in ("", "en"):
             words = word_hashes(text)
             reason = gopher_reason(text, *words)
         reasons[i] = reason
@@ -108,8 +120,9 @@ def process(texts: list[str], job: Job) -> Processed:
             if near:
                 signatures[i] = signer.signature((words or word_hashes(text))[0])
     dtype = np.dtype(job.dtype)
+    chars = np.fromiter(map(len, texts), dtype=np.int64, count=n)
     if job.tokenizer is None or not n:
-        return Processed(reasons, val, nbytes, hashes, signatures, np.zeros(n, np.int64), np.zeros(0, dtype))
+        return Processed(reasons, val, nbytes, hashes, signatures, np.zeros(n, np.int64), np.zeros(0, dtype), languages, chars)
     stat = os.stat(job.tokenizer)
     key = (job.tokenizer, stat.st_mtime_ns, stat.st_size)  # a new prepare in the same folder has a new file
     if key not in _tokenizers:
@@ -128,7 +141,7 @@ def process(texts: list[str], job: Job) -> Processed:
     lengths = np.zeros(n, dtype=np.int64)
     lengths[kept] = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     tokens = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
-    return Processed(reasons, val, nbytes, hashes, signatures, lengths, tokens)
+    return Processed(reasons, val, nbytes, hashes, signatures, lengths, tokens, languages, chars)
 
 
 class Pool:
@@ -217,7 +230,7 @@ class DocStream:
             sig = out.signatures[j] if out.signatures is not None else None
             rec = record if self.keep_text else record._replace(text="")
             yield Doc(rec, out.reasons[j], bool(out.val[j]), int(out.nbytes[j]), out.hashes[j], sig,
-                      out.tokens[offsets[j] : offsets[j + 1]])
+                      out.tokens[offsets[j] : offsets[j + 1]], out.languages[j], int(out.chars[j]))
             j += 1
 
     def next(self) -> Doc | None:

@@ -1,28 +1,40 @@
-"""Document filters: length, Gopher quality heuristics (prose only), exact and near (MinHash LSH) dedup.
+"""Document filters: length, language (langid, optional), Gopher quality heuristics (English prose only), exact and
+near (MinHash LSH) dedup.
 
 Per-document checks (length, quality, hashes, MinHash signatures) run in the tokenising workers; the dedup
 *decisions* need the whole corpus seen so far, so they run in one place (`Deduper`), in stream order."""
 
 from __future__ import annotations
 
+import array
+import base64
+import bz2
 import hashlib
+import importlib.metadata
+import importlib.util
+import io
 import os
+import pickle
 import re
+import zipfile
 import zlib
-from dataclasses import asdict, dataclass, fields
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from rain.errors import RainError
+from rain.files import write_atomic
 
 
 @dataclass
 class FilterConfig:
     min_chars: int = 0  # documents shorter than this are dropped (0: no minimum)
     max_chars: int = 0  # documents longer than this are dropped (0: no maximum)
-    quality: bool = False  # Gopher heuristics; they apply to kind = "prose" sources only
+    quality: bool = False  # Gopher heuristics; they apply to kind = "prose" sources, English documents only
+    languages: tuple[str, ...] = field(default_factory=tuple)  # ISO 639-1 keep-list; empty: keep every language
     exact_dedup: bool = False  # drop a document whose normalised text was seen before
     near_dedup: bool = False  # drop a document whose MinHash matches an earlier one's in the LSH index
     near_dedup_threshold: float = 0.8  # estimated Jaccard similarity of word shingles
@@ -35,7 +47,7 @@ class FilterConfig:
         for key in raw:
             if key not in known:
                 raise RainError(f"{origin}: unknown filter {key!r} (known: {', '.join(sorted(known))})")
-        cfg = cls(**raw)
+        cfg = cls(**{**raw, **({"languages": _language_list(raw["languages"], origin)} if "languages" in raw else {})})
         if not 0 < cfg.near_dedup_threshold < 1:
             raise RainError(f"{origin}: near_dedup_threshold must be between 0 and 1")
         if cfg.num_perm < 16 or cfg.shingle_words < 1 or cfg.min_chars < 0 or cfg.max_chars < 0:
@@ -46,12 +58,123 @@ class FilterConfig:
         return FilterConfig.from_dict({**asdict(self), **overrides}, origin)
 
 
+def _language_list(raw, origin: str) -> tuple[str, ...]:
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(code, str) for code in raw):
+        raise RainError(f"{origin}: languages must be a list of ISO 639-1 codes, like [\"en\", \"de\"] (got {raw!r})")
+    for code in raw:
+        if code not in DETECTABLE:
+            raise RainError(f"{origin}: languages: {code!r} is not an ISO 639-1 code the language identifier (langid) "
+                            f"knows; it knows {', '.join(sorted(DETECTABLE))}")
+    if raw and not language_id_available():
+        raise RainError(f"{origin}: languages needs the language identifier: pip install 'rain[lang]' (langid)")
+    return tuple(raw)
+
+
 def length_reason(text: str, cfg: FilterConfig) -> str | None:
     if cfg.min_chars and len(text) < cfg.min_chars:
         return "too_short"
     if cfg.max_chars and len(text) > cfg.max_chars:
         return "too_long"
     return None
+
+
+# --- language (langid: Lui & Baldwin 2012; byte n-gram naive Bayes, 97 languages, model in the package) ------
+
+# The codes langid can answer (its model's classes), so a keep-list is checked without loading the model.
+DETECTABLE = frozenset({
+    "af", "am", "an", "ar", "as", "az", "be", "bg", "bn", "br", "bs", "ca", "cs", "cy", "da", "de", "dz", "el", "en",
+    "eo", "es", "et", "eu", "fa", "fi", "fo", "fr", "ga", "gl", "gu", "he", "hi", "hr", "ht", "hu", "hy", "id", "is",
+    "it", "ja", "jv", "ka", "kk", "km", "kn", "ko", "ku", "ky", "la", "lb", "lo", "lt", "lv", "mg", "mk", "ml", "mn",
+    "mr", "ms", "mt", "nb", "ne", "nl", "nn", "no", "oc", "or", "pa", "pl", "ps", "pt", "qu", "ro", "ru", "rw", "se",
+    "si", "sk", "sl", "sq", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "ug", "uk", "ur", "vi", "vo", "wa", "xh",
+    "zh", "zu",
+})
+# Detection reads the start of a document only: past a few hundred characters the answer rarely changes, and
+# langid's cost grows with the bytes it reads (docs/performance.md, "Language identification").
+LANGUAGE_PREFIX_CHARS = 2000
+_language: dict | None = None
+
+
+def language_id_available() -> bool:
+    return importlib.util.find_spec("langid") is not None
+
+
+def language_id_version() -> str | None:
+    """"langid <version>", or None where it is not installed."""
+    return f"langid {importlib.metadata.version('langid')}" if language_id_available() else None
+
+
+def detects_language(cfg: FilterConfig, prose: bool) -> bool:
+    """Whether a source's documents get a language: it has a keep-list, or it is prose under the Gopher rules
+    (which are for English and so need to know which documents are). Without langid installed, such a prose
+    source has the Gopher rules applied to every document, as before (prepare says so once)."""
+    return bool(cfg.languages) or (prose and cfg.quality and language_id_available())
+
+
+def language_model() -> dict:
+    """langid's model as arrays, once per process. Unpacking the copy inside langid (base64, bz2, a pickle) takes
+    4-8 s on this busy machine, in every worker that detects; the arrays are kept as .npz in the user's cache
+    folder after the first time ($XDG_CACHE_HOME/rain, else ~/.cache/rain), which loads in milliseconds."""
+    global _language
+    if _language is None:
+        from langid import langid
+
+        key = hashlib.blake2b(langid.model, digest_size=8).hexdigest()
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rain" / f"langid-{key}.npz"
+        try:
+            with np.load(cache) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            arrays = _unpack_langid(langid.model)
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                buf = io.BytesIO()
+                np.savez(buf, **arrays)
+                write_atomic(cache, buf.getvalue())
+            except (OSError, RainError):  # no cache: the next process unpacks it again
+                pass
+        nextmove = array.array("H")
+        nextmove.frombytes(arrays["nextmove"].astype(np.uint16).tobytes())  # fast per-byte indexing in Python
+        _language = {**arrays, "nextmove": nextmove, "classes": [str(c) for c in arrays["classes"]],
+                     "ptc": arrays["ptc"].astype(np.float64)}
+    return _language
+
+
+def _unpack_langid(model: bytes) -> dict:
+    """langid's model: a byte automaton (next state per state and byte; the features each state completes) and
+    naive-Bayes log-probabilities (features x languages, and the prior per language)."""
+    ptc, pc, classes, nextmove, output = pickle.loads(bz2.decompress(base64.b64decode(model)))
+    states = max(max(output), max(nextmove)) + 1
+    ptr = np.zeros(states + 1, dtype=np.int64)
+    for state, features in output.items():
+        ptr[state + 1] = len(features)
+    ptr = np.cumsum(ptr)
+    features = np.zeros(ptr[-1], dtype=np.int32)
+    for state, completed in output.items():
+        features[ptr[state] : ptr[state + 1]] = completed
+    return {"ptc": np.asarray(ptc, dtype=np.float32).reshape(-1, len(pc)), "pc": np.asarray(pc, dtype=np.float64),
+            "classes": np.array(classes), "nextmove": np.frombuffer(nextmove, dtype=np.uint16),
+            "ptr": ptr, "features": features}
+
+
+def detect_language(text: str) -> str:
+    """The ISO 639-1 code of the document's language by langid's model, read from its first LANGUAGE_PREFIX_CHARS
+    characters, lower-cased (langid's byte n-grams take all-capital English for Kurdish). The same scores as
+    langid's classify(), which multiplies the whole 7,480-feature count vector into the model, cast to float64 on
+    every call (~16 ms a document here); a prefix has a few hundred features, and their rows suffice (~1 ms)."""
+    m = language_model()
+    nextmove, visits, state = m["nextmove"], defaultdict(int), 0
+    for byte in text[:LANGUAGE_PREFIX_CHARS].lower().encode("utf-8", "replace"):
+        state = nextmove[(state << 8) + byte]
+        visits[state] += 1
+    states = np.fromiter(visits, dtype=np.int64, count=len(visits))
+    starts, ends = m["ptr"][states], m["ptr"][states + 1]
+    completed = [m["features"][a:b] for a, b in zip(starts, ends) if b > a]
+    counts = np.bincount(np.concatenate(completed) if completed else np.zeros(0, np.int64),
+                         np.repeat(np.fromiter(visits.values(), dtype=np.float64, count=len(visits)), ends - starts),
+                         minlength=len(m["ptc"]))
+    present = np.flatnonzero(counts)
+    return m["classes"][int(np.argmax(counts[present] @ m["ptc"][present] + m["pc"]))]
 
 
 # --- Gopher quality (Rae et al. 2021, appendix A.1.1) ------------------------------------------------------

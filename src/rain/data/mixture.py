@@ -10,8 +10,10 @@ A mixture TOML (see data/rain-v2.toml):
     hf_mirror = ""            # a folder with org/name/ hub snapshots, used instead of the network
 
     [filters]                 # for every source; a [[source]] may override min_chars, max_chars,
-    min_chars = 200           # quality, exact_dedup and near_dedup
-    quality = true
+    min_chars = 200           # quality, languages, exact_dedup and near_dedup
+    quality = true            # Gopher rules: prose documents detected as English only
+    languages = ["en"]        # keep-list (ISO 639-1); others dropped as language:<code>. Here it applies to
+                              # prose; a code or math source gets one only from its own [[source]] languages
     exact_dedup = true
     near_dedup = true
     near_dedup_threshold = 0.8
@@ -19,7 +21,7 @@ A mixture TOML (see data/rain-v2.toml):
     [[source]]
     name = "fineweb_edu"
     weight = 0.6              # share of training tokens; weights sum to 1 (leave all out: take everything)
-    kind = "prose"            # prose | code | math (quality filters apply to prose)
+    kind = "prose"            # prose | code | math (quality filters, and [filters] languages, apply to prose)
     location = "hf://HuggingFaceFW/fineweb-edu?name=sample-10BT"   # or a path, folder, glob, or a list
     text = "text"             # field name, or a template like "{question}\\n\\n{answer}"
 
@@ -34,14 +36,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rain.config import find_preset
-from rain.data.filters import FilterConfig
+from rain.data.filters import FilterConfig, detects_language, language_id_version
 from rain.data.sources import Location, Source, validate_source
 from rain.errors import RainError
 
 PRESET_DIR = Path(__file__).resolve().parents[3] / "data"
 EXHAUSTED = ("stop", "upsample")
 SOURCE_KEYS = {"name", "weight", "kind", "location", "text", "glob", "exclude", "split", "note"}
-SOURCE_FILTER_KEYS = {"min_chars", "max_chars", "quality", "exact_dedup", "near_dedup"}
+SOURCE_FILTER_KEYS = {"min_chars", "max_chars", "quality", "languages", "exact_dedup", "near_dedup"}
 
 
 @dataclass
@@ -58,14 +60,20 @@ class Mixture:
         return all(s.weight is not None for s in self.sources)
 
     def source_filters(self, source: Source) -> FilterConfig:
-        return self.filters.replace(source.filters, f"{self.origin} source {source.name}")
+        # Language ID means nothing for code unless asked: [filters] languages is for prose sources only.
+        inherited = {} if source.kind == "prose" or "languages" in source.filters else {"languages": ()}
+        return self.filters.replace({**inherited, **source.filters}, f"{self.origin} source {source.name}")
 
     def to_dict(self) -> dict:
         sources = [{"name": s.name, "weight": s.weight, "kind": s.kind, "split": s.split, "glob": s.glob,
                     "exclude": s.exclude, "filters": s.filters, "locations": [asdict(loc) for loc in s.locations],
                     **({"documents": "in-memory"} if s.documents is not None else {})} for s in self.sources]
+        # Whether (and by which langid) documents get a language changes what the filters keep, so a resumed
+        # prepare must not switch it: this dict is part of the resume fingerprint.
+        detected = any(detects_language(self.source_filters(s), s.kind == "prose") for s in self.sources)
         return {"origin": self.origin, "budget": self.budget, "on_exhausted": self.on_exhausted,
-                "max_epochs": self.max_epochs, "filters": asdict(self.filters), "sources": sources}
+                "max_epochs": self.max_epochs, "filters": asdict(self.filters), "sources": sources,
+                "language_id": language_id_version() if detected else None}
 
 
 def resolve_mixture_path(name_or_path: str) -> Path:

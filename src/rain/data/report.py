@@ -1,5 +1,6 @@
 """`rain data report`: what a prepared corpus is made of: realised shares against the weights, what each
-filter removed, bytes per token on held-out text, document lengths (PNG) and a few random documents."""
+filter removed, the languages detected, bytes per token on held-out text, document lengths (PNG) and a few
+random documents."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rain.data.shards import load_doc_index
 from rain.files import write_atomic, write_json_atomic
 from rain.data.tokenizer import Tokenizer
 
+LANGUAGES_LISTED = 8  # per source in report.md, by characters; the rest are one "other" row (report.json has all)
 LENGTH_BINS = np.unique(np.round(np.logspace(0, 7, 57)).astype(np.int64))  # 1 .. 10M tokens, log-spaced
 SAMPLE_CHARS = 600
 
@@ -109,6 +111,7 @@ def report(data_dir: str | Path, out_dir: str | Path | None = None, samples: int
             "weight": weights.get(name), "realised": realised.get(name), "train": train, "val": val,
             "bytes_per_token": manifest.get("bytes_per_token", {}).get(name),
             "input": manifest.get("input", {}).get(name, {}), "removed": manifest.get("filters", {}).get(name, {}),
+            "languages": _language_shares(manifest.get("languages", {}).get(name, {})),
             "length": {"mean": tokens / docs if docs else None, "max": longest,
                        "histogram": {"bins": LENGTH_BINS.tolist(), "counts": hist[name].tolist()}},
             "samples": drawn,
@@ -119,6 +122,44 @@ def report(data_dir: str | Path, out_dir: str | Path | None = None, samples: int
     write_json_atomic(out / "report.json", result)
     write_atomic(out / "report.md", _markdown(result).encode())
     return result
+
+
+def _language_shares(stats: dict) -> dict:
+    """The manifest's per-language training counts with their shares, largest share of characters first."""
+    train = stats.get("train", {})
+    docs, chars = sum(c["documents"] for c in train.values()) or 1, sum(c["chars"] for c in train.values()) or 1
+    shares = {code: {**c, "document_share": c["documents"] / docs, "char_share": c["chars"] / chars}
+              for code, c in sorted(train.items(), key=lambda kv: (-kv[1]["chars"], kv[0]))}
+    return {**stats, "train": shares}
+
+
+def _language_lines(sources: dict) -> list[str]:
+    lines = ["", "## Languages (training documents)", "",
+             ("Detected by langid on each document's first 2,000 characters, for sources with a `languages` keep-list "
+              "and prose sources under the quality rules (others: not detected). The Gopher rules are English rules: "
+              "they check only the documents detected as English."), "",
+             "| source | language | documents | share of documents | characters | share of characters |",
+             "|---|---|---:|---:|---:|---:|"]
+    notes = []
+    for name, s in sources.items():
+        lang = s.get("languages", {})
+        rows = list(lang.get("train", {}).items())
+        if len(rows) > LANGUAGES_LISTED + 1:
+            rest = rows[LANGUAGES_LISTED:]
+            rows = rows[:LANGUAGES_LISTED] + [(f"other ({len(rest)} languages)", {
+                k: sum(c[k] for _, c in rest) for k in ("documents", "document_share", "chars", "char_share")})]
+        for code, c in rows:
+            lines.append(f"| {name} | {code} | {c['documents']:,} | {_pct(c['document_share'])} | {c['chars']:,} | "
+                         f"{_pct(c['char_share'])} |")
+        if not lang.get("detected"):
+            lines.append(f"| {name} | not detected | | | | |")
+        if lang.get("gopher") == "english":
+            notes.append(f"- {name}: Gopher rules: English only ({lang.get('not_gopher_checked', 0):,} non-English "
+                         f"documents not checked)")
+        elif lang.get("gopher") == "all":
+            notes.append(f"- {name}: Gopher rules: every document, whatever its language (langid is not installed: "
+                         f"pip install 'rain[lang]')")
+    return lines + (["", *notes] if notes else [])
 
 
 def _skipped_lines(sources: dict, key: str, count: str, title: str) -> list[str]:
@@ -163,13 +204,14 @@ def _markdown(r: dict) -> str:
     lines += _skipped_lines(r["sources"], "skipped_files", "binary", "Skipped as binary (not text)")
     lines += _skipped_lines(r["sources"], "skipped_too_long", "too_long", "Skipped as too long")
     lines += ["", "## Filters (documents removed)", "",
-              "Length- and quality-filtered documents are not tokenised: ≈ marks their tokens estimated from bytes.", "",
+              "Length-, language- and quality-filtered documents are not tokenised: ≈ marks their tokens estimated from bytes.", "",
               "| source | filter | documents | tokens | bytes | rules |", "|---|---|---:|---:|---:|---|"]
     for name, s in r["sources"].items():
         for family, b in sorted(s["removed"].items()):
             rules = ", ".join(f"{k} {v}" for k, v in sorted(b.get("rules", {}).items(), key=lambda kv: -kv[1]))
             approx = "≈" if b.get("tokens_estimated") else ""
             lines.append(f"| {name} | {family} | {b['documents']:,} | {approx}{b['tokens']:,} | {b['bytes']:,} | {rules} |")
+    lines += _language_lines(r["sources"])
     lines += ["", "## Document lengths", "", "![document lengths](doc_lengths.png)", "", "## Random samples", ""]
     for name, s in r["sources"].items():
         lines += [f"### {name}", ""]

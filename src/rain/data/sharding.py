@@ -15,7 +15,7 @@ import numpy as np
 
 from rain.config import RunConfig
 from rain.data.encode import Doc, DocStream, Job, Pool
-from rain.data.filters import Deduper, FilterConfig
+from rain.data.filters import Deduper, FilterConfig, detects_language
 from rain.data.mixture import Mixture, pick_source
 from rain.data.shards import MANIFEST, ShardWriter, file_sha256, token_dtype
 from rain.files import write_atomic, write_json_atomic
@@ -25,7 +25,7 @@ from rain.errors import RainError
 from rain.progress import progress
 
 STATE = ".prepare_state.npz"  # one file (JSON state + arrays), so one atomic write makes a checkpoint
-FILTERED_UNENCODED = ("too_short", "too_long", "quality")
+FILTERED_UNENCODED = ("too_short", "too_long", "language", "quality")
 SKIPPED_LISTED = 100  # binary files/records (and too-long records) named per source in the manifest (all are counted)
 ISSUES = ("bad_json", "missing_field", "empty", "binary", "too_long")
 
@@ -75,6 +75,11 @@ class ShardRun:
             job = Job(f, source.kind == "prose", d.seed, d.val_fraction, str(out / "tokenizer.json"), self.dtype.name,
                       dedup=dedup.exact_dedup or dedup.near_dedup)
             self.runs.append(SourceRun(source, f, job))
+        everything = [r.source.name for r in self.runs
+                      if r.job.prose and r.filters.quality and not detects_language(r.filters, True)]
+        if everything:
+            log(f"note: langid is not installed, so the Gopher rules (written for English) check every document of "
+                f"{', '.join(everything)}, whatever its language; pip install 'rain[lang]' to check English only")
         self.train = ShardWriter(out, "train", self.dtype, d.shard_tokens, self.eot)
         self.val = ShardWriter(out, "val", self.dtype, d.shard_tokens, self.eot)
         self.labels: list[str] = []
@@ -90,6 +95,7 @@ class ShardRun:
         if label not in self.stats:
             self.labels.append(label)
             self.stats[label] = _new_stats()
+            self.stats[label]["language"] = _language_stats(run)
         return label
 
     def _count_input(self, doc: Doc, label: str) -> None:
@@ -123,6 +129,11 @@ class ShardRun:
         bucket["documents"] += 1
         bucket["tokens"] += len(doc.tokens) + 1
         bucket["bytes"] += doc.nbytes
+        if split == "train" and doc.language:
+            shares = self.stats[label].setdefault("language", {}).setdefault("train", {})
+            counts = shares.setdefault(doc.language, {"documents": 0, "chars": 0})
+            counts["documents"] += 1
+            counts["chars"] += doc.chars
 
     def _is_duplicate(self, doc: Doc, run: SourceRun, label: str) -> bool:
         dup = self.deduper.check(doc.hash, doc.signature, run.filters.exact_dedup, run.filters.near_dedup)
@@ -159,6 +170,9 @@ class ShardRun:
                     run.head, run.head_ordinal = doc, ordinal
                 continue
             label = self._label(doc, run)
+            language = self.stats[label].get("language", {})  # absent from a state saved before languages
+            if doc.reason is None and doc.language not in ("", "en") and language.get("gopher"):
+                language["not_gopher_checked"] += 1
             if doc.record.issue or doc.reason or doc.val:
                 self._count_input(doc, label)
             if doc.record.issue:
@@ -339,6 +353,7 @@ class ShardRun:
             },
             "input": {l: self.stats[l]["input"] for l in self.labels},
             "filters": {l: self.stats[l]["removed"] for l in self.labels},
+            "languages": {l: self.stats[l].get("language", {}) for l in self.labels},
             "bytes_per_token": {l: _bytes_per_token(self.stats[l]["val"]) for l in self.labels},
             "config": {"data": dataclasses.asdict(self.cfg.data), "mixture": self.mixture.to_dict()},
             "seconds": round(sum(timing.values()), 2),  # this session (a resumed run counts its last part)
@@ -348,6 +363,16 @@ class ShardRun:
         for path in [self.out / STATE, *self.out.glob(".dedup_*")]:
             path.unlink(missing_ok=True)
         return manifest
+
+
+def _language_stats(run: SourceRun) -> dict:
+    """Training documents and characters per detected language, and how the Gopher rules were applied: to
+    documents detected as English ("english"), to every document when langid is missing ("all"), or not at all."""
+    stats: dict = {"detected": detects_language(run.filters, run.job.prose), "train": {}}
+    if run.job.prose and run.filters.quality:
+        stats["gopher"] = "english" if stats["detected"] else "all"
+        stats["not_gopher_checked"] = 0
+    return stats
 
 
 def _bytes_per_token(split: dict) -> float | None:
