@@ -145,6 +145,21 @@ class StageConfig:
 
 
 @dataclass
+class ReweightConfig:
+    """[data.reweight]: the mixture moves during training by the per-source validation loss (DoReMi-style; the rule
+    and what each key means: rain.data.reweight). Off while `reference` is empty."""
+    reference: str = ""  # "early" (the run's own losses), or a reference run (its folder or metrics.jsonl)
+    reference_evals: int = 1  # "early": the mean of this many validations from `start` on is the reference
+    reference_at: str = "same"  # a reference run: its validation at the same tokens (same) or its last (final)
+    eta: float = 1.0  # step size: w <- w x exp(eta x excess), normalised
+    smoothing: float = 0.1  # then w <- (1 - smoothing) x w + smoothing x data.weights
+    floor: float | dict[str, float] = 0.0  # each source's least weight (one number: every source)
+    cap: float | dict[str, float] = 1.0  # each source's greatest weight
+    start: float = 0.1  # no reweighting before this fraction of the run's steps
+    every: int = 1  # reweight at every n-th validation
+
+
+@dataclass
 class DataConfig:
     dir: str = ""  # the prepared data folder (shards + manifest.json) that `rain train` reads
     paths: list[str] = field(default_factory=list)  # empty: the built-in corpus (see rain.data.builtin)
@@ -164,6 +179,7 @@ class DataConfig:
     # are drawn uniformly over the prepared tokens, so each source's share is its share of the tokens (as prepared).
     weights: dict[str, float] = field(default_factory=dict)
     stage: list[StageConfig] = field(default_factory=list)  # [[data.stage]]: the weights change during training
+    reweight: ReweightConfig = field(default_factory=ReweightConfig)  # [data.reweight]: by validation loss
 
 
 @dataclass
@@ -432,6 +448,38 @@ def mixture_problems(cfg: RunConfig, total: int | None = None) -> list[str]:
     return problems
 
 
+def _bounds(value: float | dict[str, float]) -> list[float]:
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def reweight_problems(cfg: RunConfig) -> list[str]:
+    """What is wrong in data.reweight, each source's bounds apart (rain.data.reweight checks those against the
+    sources when the data is opened)."""
+    r, problems = cfg.data.reweight, []
+    if not r.reference:
+        return []
+    if cfg.data.stage:
+        problems.append("data.reweight and [[data.stage]] together: choose one (reweighting moves the weights from "
+                        "data.weights itself)")
+    if not (math.isfinite(r.eta) and r.eta >= 0):
+        problems.append(f"data.reweight.eta = {r.eta} must be a finite number >= 0 (a negative step would favour "
+                        "the sources that are already best)")
+    if not 0 <= r.smoothing <= 1:
+        problems.append(f"data.reweight.smoothing = {r.smoothing} must be in [0, 1]")
+    if not 0 <= r.start < 1:
+        problems.append(f"data.reweight.start = {r.start} must be in [0, 1): a fraction of training, before its end")
+    if r.every < 1 or r.reference_evals < 1:
+        problems.append("data.reweight.every and data.reweight.reference_evals must be at least 1")
+    if r.reference_at not in ("same", "final"):
+        problems.append(f"data.reweight.reference_at {r.reference_at!r} must be same or final")
+    bad = [v for v in _bounds(r.floor) + _bounds(r.cap) if not (math.isfinite(v) and 0 <= v <= 1)]
+    if bad:
+        problems.append(f"data.reweight: a floor or cap of {bad[0]}; each must be in [0, 1]")
+    elif not isinstance(r.floor, dict) and not isinstance(r.cap, dict) and r.floor > r.cap:
+        problems.append(f"data.reweight.floor ({r.floor}) is above data.reweight.cap ({r.cap})")
+    return problems
+
+
 def validate(cfg: RunConfig) -> None:
     m, t = cfg.model, cfg.train
     problems = range_problems(cfg)
@@ -487,5 +535,6 @@ def validate(cfg: RunConfig) -> None:
     # The run's steps are known here unless they depend on the data (train.epochs); then the data checks them.
     steps_known = cfg.tokens_per_step() > 0 and (t.max_steps > 0 or (not t.epochs and t.total_tokens > 0))
     problems += mixture_problems(cfg, cfg.total_steps() if steps_known else None)
+    problems += reweight_problems(cfg)
     if problems:
         raise RainError("invalid config: " + "; ".join(problems))

@@ -5,7 +5,11 @@ Before the first stage, the weights are data.weights, or each source's share of 
 data.weights is empty (so a run with only a late stage trains on the prepared mixture until then). Stage k is in
 force from its first step (rain.config.stage_start_steps) to the next stage's; a blended stage of n steps moves
 from the weights before it to its own: its step i draws with prev + (i + 1) / n x (own - prev). The weights are
-a pure function of the step, so a resumed run draws as a straight one."""
+a pure function of the step, so a resumed run draws as a straight one.
+
+With [data.reweight] (rain.data.reweight), each reweighting at a validation sets the weights from the next step on;
+`reweights` holds them as (first step, weights), run state that a resume restores, so the weights stay a function
+of the step and of that list."""
 
 from __future__ import annotations
 
@@ -20,13 +24,14 @@ class MixtureSchedule:
                  blends: list[bool], total: int):
         self.names, self.base, self.starts, self.weights, self.blends = names, base, starts, weights, blends
         self.total = total
+        self.reweights: list[tuple[int, np.ndarray]] = []  # (first step, weights) of each reweighting, in order
 
     @classmethod
     def from_config(cls, cfg: RunConfig, names: list[str], shares: dict[str, int], total: int) -> MixtureSchedule | None:
         """The schedule of cfg.data for a run of `total` steps over sources `names` (`shares`: each one's prepared
         training tokens); None when the config asks for no training-time mixing (uniform windows, as prepared)."""
         d = cfg.data
-        if not d.weights and not d.stage:
+        if not d.weights and not d.stage and not d.reweight.reference:
             return None
         problems = mixture_problems(cfg, total)
         tables = [("data.weights", d.weights)] + [(f"data.stage[{i}].weights", s.weights) for i, s in enumerate(d.stage, 1)]
@@ -47,6 +52,9 @@ class MixtureSchedule:
 
     def weights_at(self, step: int) -> np.ndarray:
         """The weight of each source (in `names` order) for the windows of optimizer step `step` (from 0)."""
+        r = int(np.searchsorted([s for s, _ in self.reweights], step, "right"))  # reweightings in force by then
+        if r:
+            return self.reweights[r - 1][1]
         k = int(np.searchsorted(self.starts, step, "right"))  # stages begun by this step
         if k == 0:
             return self.base

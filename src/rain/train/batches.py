@@ -12,6 +12,7 @@ import torch
 from rain.config import RunConfig
 from rain.data.loader import MixtureLoader, WindowLoader, document_ids
 from rain.data.prepared import PreparedData, validation_windows
+from rain.data.reweight import Reweighting
 from rain.data.schedule import MixtureSchedule
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
@@ -52,7 +53,8 @@ def validation_batches(stream, context: int, n_windows: int, micro_batch: int, e
 
 class PretrainData:
     """Random windows from a prepared data folder (see rain.data.loader for the order and its state): uniform over
-    its tokens, or by source as data.weights and [[data.stage]] say (rain.data.schedule)."""
+    its tokens, or by source as data.weights and [[data.stage]] say (rain.data.schedule), or as [data.reweight]
+    moves them by validation loss (rain.data.reweight: the trainer hands each validation to `reweighting`)."""
 
     def __init__(self, cfg: RunConfig, rank: int = 0, world: int = 1, micro_batch: int | None = None):
         if not cfg.data.dir:
@@ -69,8 +71,9 @@ class PretrainData:
         # Counted in the configured micro-batches, so a fitted micro-batch scores the same windows.
         self.val_windows = t.eval_batches * t.micro_batch
         self.schedule, self.samples_per_step = None, t.batch_size  # samples of every rank in one optimizer step
+        self.reweighting: Reweighting | None = None
         try:
-            if cfg.data.weights or cfg.data.stage:
+            if cfg.data.weights or cfg.data.stage or cfg.data.reweight.reference:
                 self.loader = self._mixture_loader(cfg, rank, world)
             else:
                 self.loader = WindowLoader(self.data.shards("train"), m.context, self.micro_batch,
@@ -82,6 +85,15 @@ class PretrainData:
             raise RainError(f"{self.data.dir}: the validation split has {len(self.val):,} tokens and one window of "
                             f"model.context {m.context} needs {m.context + 1:,}; prepare more data (or raise "
                             "data.val_fraction), or shorten the context")
+        if self.reweighting is not None and not self.val_sources():
+            raise RainError(f"{self.data.dir}: data.reweight needs the validation loss of each source, and this folder's "
+                            "validation split does not say which source each token is from; prepare it again")
+        if self.reweighting is not None:
+            unseen = [n for n, used in zip(self.data.source_names, self.reweighting.used)
+                      if used and not self.data.counts("val", n)[0]]
+            if unseen:
+                raise RainError(f"{self.data.dir}: source {unseen[0]} has no validation tokens, so data.reweight cannot "
+                                "measure it; prepare with a larger data.val_fraction, or give it weight 0 (and no floor)")
 
     def _mixture_loader(self, cfg: RunConfig, rank: int, world: int) -> MixtureLoader:
         names = self.data.source_names
@@ -89,7 +101,11 @@ class PretrainData:
                                self._weights_at, self.samples_per_step, seed=cfg.train.seed, rank=rank, world=world)
         shares = {n: self.data.counts("train", n)[0] for n in names}
         self.schedule = MixtureSchedule.from_config(cfg, names, shares, run_steps(cfg, loader))
-        short = [n for n, used, w in zip(names, self.schedule.used(), loader.windows) if used and not w]
+        used = self.schedule.used()
+        if cfg.data.reweight.reference:
+            self.reweighting = Reweighting(cfg, self.schedule)
+            used = used | self.reweighting.used
+        short = [n for n, used, w in zip(names, used, loader.windows) if used and not w]
         if short:
             raise RainError(f"{self.data.dir}: source {short[0]} has a weight but fewer than {2 * cfg.model.context:,} "
                             f"training tokens, too few for one window of model.context {cfg.model.context}; give it "
@@ -132,10 +148,17 @@ class PretrainData:
         return self.loader.windows_per_epoch()
 
     def state_dict(self) -> dict:
-        return self.loader.state_dict()
+        extra = {"reweight": self.reweighting.state_dict()} if self.reweighting is not None else {}
+        return {**self.loader.state_dict(), **extra}
 
     def load_state_dict(self, state: dict) -> None:
+        if ("reweight" in state) != (self.reweighting is not None):
+            did = "reweighted" if "reweight" in state else "did not reweight"
+            raise RainError(f"cannot resume the data loader: the run {did} its mixture by validation loss and this "
+                            "config's data.reweight says otherwise; resume with the run's own data settings")
         self.loader.load_state_dict(state)
+        if self.reweighting is not None:
+            self.reweighting.load_state_dict(state["reweight"])
 
     def describe(self) -> dict:
         extra = {"mixture_stages": self.schedule.describe()} if self.schedule is not None else {}

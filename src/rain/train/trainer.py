@@ -75,6 +75,13 @@ class Prefetcher:
     def state_dict(self) -> dict:
         return self._pending[0] if self._pending is not None else self.data.state_dict()
 
+    def rewind(self) -> None:
+        """Put the batch read ahead back: the data returns to its state before it and draws it again on the next
+        call, so a change of how it draws (a reweighting at a validation) reaches that batch too."""
+        if self._pending is not None:
+            self.data.load_state_dict(self._pending[0])
+            self._pending = None
+
 
 @dataclass
 class StepStats:
@@ -493,7 +500,27 @@ class Trainer:
         if metrics is not None:
             metrics.log(record)
             self.lines.log(format_validation(self.step_count, report))
+        self._reweight(report, metrics)
         return report
+
+    def _reweight(self, report: dict, metrics) -> None:
+        """data.reweight: hand this validation's per-source losses to the data (rain.data.reweight), which may move
+        the mixture from the next step on; a `mixture` record says so. The batch read ahead is drawn again first,
+        with the weights in force; under DDP every rank takes rank 0's losses, so they all draw alike."""
+        reweighting = getattr(self.data, "reweighting", None)
+        if reweighting is None:
+            return
+        self.batches.rewind()
+        if self.ranks.world > 1:
+            keys = sorted(k for k in report if k.startswith("val_loss/"))
+            values = torch.tensor([report[k] for k in keys], dtype=torch.float64, device=self.device)
+            dist.broadcast(values, 0)
+            report = {**report, **dict(zip(keys, values.tolist()))}
+        record = reweighting.validated(self.step_count, report)
+        if record is not None and metrics is not None:
+            metrics.log(record)
+            self.lines.log(f"step {self.step_count}: mixture reweighted to "
+                           + ", ".join(f"{n} {w:.3f}" for n, w in record["weights"].items()))
 
     def _log_train(self, stats: StepStats, metrics, bar) -> dict:
         window_loss = self.loss_sum.clone()
