@@ -5,6 +5,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import SHARED_DATA, quick_config
 
@@ -95,19 +96,30 @@ def test_keep_list_keeps_its_languages_and_names_the_rest():
                                                                                   "language:en", None]
 
 
-def test_detectable_codes_are_langids_and_the_cached_model_is_its_own(tmp_path, monkeypatch):
+def test_scores_are_langids_own():
     from langid.langid import LanguageIdentifier, model
 
     assert DETECTABLE == set(filters.language_model()["classes"])
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(filters, "_language", None)
+    langid = LanguageIdentifier.from_modelstring(model)  # unpacked by langid itself, scored by its classify()
     texts = [p for ps in PARAGRAPHS.values() for p in ps] + JUNK + ["", "1234", PARAGRAPHS["en"][0].upper()]
-    ours = [detect_language(t) for t in texts]  # unpacked from langid and cached
-    assert len(list(tmp_path.glob("rain/langid-*.npz"))) == 1
-    monkeypatch.setattr(filters, "_language", None)
-    assert [detect_language(t) for t in texts] == ours  # read back from the cache
-    langid = LanguageIdentifier.from_modelstring(model)
-    assert ours == [langid.classify(t[: filters.LANGUAGE_PREFIX_CHARS].lower())[0] for t in texts]
+    assert [detect_language(t) for t in texts] == [langid.classify(t[: filters.LANGUAGE_PREFIX_CHARS].lower())[0]
+                                                   for t in texts]
+
+
+def test_the_model_is_unpacked_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    m = filters.language_model()
+    arrays = {"ptc": m["ptc"].astype(np.float32), "pc": m["pc"], "classes": np.array(m["classes"]),
+              "nextmove": np.frombuffer(m["nextmove"], dtype=np.uint16), "ptr": m["ptr"], "features": m["features"]}
+    unpacked = []
+    monkeypatch.setattr(filters, "_unpack_langid", lambda model: unpacked.append(model) or arrays)  # seconds: skip
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    texts = [p for ps in PARAGRAPHS.values() for p in ps]
+    answers = []
+    for _ in range(2):
+        monkeypatch.setattr(filters, "_language", None)  # a new process
+        answers.append([detect_language(t) for t in texts])
+    assert len(unpacked) == 1 and len(list(tmp_path.glob("rain/langid-*.npz"))) == 1
+    assert answers[0] == answers[1] == [lang for lang, ps in PARAGRAPHS.items() for _ in ps]
 
 
 def write_mixture(tmp_path, extra: str = "", web_keys: str = "") -> str:
