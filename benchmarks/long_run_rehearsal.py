@@ -62,18 +62,39 @@ def child(config: str, run: str, resume: bool) -> None:
     trainer.fit()
 
 
-def run_once(config: Path, run: Path, kills: list[float]) -> float:
-    """Train `run` to the end, killing it with SIGKILL `kills` seconds into successive attempts; the wall time."""
+def newest_step(run: Path) -> int:
+    """The step of the run's newest logged training record (0 before the first)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the line being written
+            continue
+        if record.get("kind") == "train":
+            return int(record["step"])
+    return 0
+
+
+def run_once(config: Path, run: Path, kills: list[tuple[int, float]]) -> float:
+    """Train `run` to the end; attempt k is killed with SIGKILL `delay` seconds after it logged step `step`
+    (kills[k] = (step, delay)), then resumed. Kills keyed on progress, not on wall time, so they land mid-run
+    whatever the machine's load. Returns the wall time."""
     started, resume = time.time(), False
     for attempt in range(len(kills) + 1):
         cmd = [sys.executable, __file__, "--child", str(config), str(run)] + (["--resume"] if resume else [])
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=kills[attempt] if attempt < len(kills) else None)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            print(f"  killed {run.name} (SIGKILL) {kills[attempt]:.0f} s into attempt {attempt + 1}", flush=True)
+        if attempt < len(kills):
+            step, delay = kills[attempt]
+            while proc.poll() is None and newest_step(run) < step:
+                time.sleep(0.5)
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                print(f"  killed {run.name} (SIGKILL) {delay:.1f} s after step {step} was logged", flush=True)
+        proc.wait()
         if proc.returncode == 0:
             break
         resume = True
@@ -104,14 +125,19 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "rain.cli", "prepare", "--out", str(data)], check=True, env=env)
     config = args.out / "rehearsal.toml"
     config.write_text(config_toml(args.steps, data))
-    straight_seconds = run_once(config, args.out / "straight", [])
-    rng = random.Random(args.seed)
-    kills = [rng.uniform(0.2, 0.45) * straight_seconds, rng.uniform(0.2, 0.45) * straight_seconds]
+    straight = args.out / "straight"
+    if (straight / "run_summary.json").exists():  # a finished straight run of this size is not trained again
+        straight_seconds = json.loads((straight / "run_summary.json").read_text())["wall_seconds"]
+    else:
+        straight_seconds = run_once(config, straight, [])
+    rng = random.Random(args.seed)  # one kill in each of two spans of the run, a random few seconds past a log line
+    kills = [(int(rng.uniform(0.2, 0.45) * args.steps), rng.uniform(0, 3)),
+             (int(rng.uniform(0.55, 0.8) * args.steps), rng.uniform(0, 3))]
     killed_seconds = run_once(config, args.out / "killed", kills)
     straight, killed = report(args.out / "straight"), report(args.out / "killed")
     result = {"steps": args.steps, "model": MODEL, "straight": straight, "killed": killed,
               "wall_seconds": {"straight": round(straight_seconds), "killed_and_resumed": round(killed_seconds)},
-              "kills_after_seconds": [round(k) for k in kills],
+              "kills": [{"after_step": step, "delay_s": round(delay, 1)} for step, delay in kills],
               "final_loss_equal": straight["final_train_loss"] == killed["final_train_loss"]
               and straight["final_val_loss"] == killed["final_val_loss"]}
     (args.out / "rehearsal.json").write_text(json.dumps(result, indent=2) + "\n")
