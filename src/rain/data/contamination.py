@@ -46,7 +46,7 @@ MAX_BITMAP_BITS = 27  # a 128 MB bool bitmap of low bits
 MAX_TOP_BITS = 25  # a 4 MB packed bitmap of top bits: one lookup per position, in the cache
 
 
-def _mix(z: np.ndarray) -> np.ndarray:
+def mix64(z: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser, in place on a uint64 array (wrapping arithmetic)."""
     z ^= z >> np.uint64(30)
     z *= np.uint64(0xBF58476D1CE4E5B9)
@@ -67,7 +67,7 @@ class Hasher:
     """Hashes of every window of given lengths in a token array, by one prefix sum (see the module docstring)."""
 
     def __init__(self, table_size: int, max_tokens: int = 1 << 16):
-        self.table = _mix(np.arange(table_size, dtype=np.uint64) + _GAMMA)
+        self.table = mix64(np.arange(table_size, dtype=np.uint64) + _GAMMA)
         self._grow(max_tokens)
 
     def _grow(self, n: int) -> None:
@@ -76,7 +76,7 @@ class Hasher:
     @staticmethod
     def salt(length):
         """A value per window length (an int or an array of them), so windows of different lengths differ."""
-        return _mix(np.atleast_1d(np.asarray(length, dtype=np.uint64)) ^ _GAMMA)
+        return mix64(np.atleast_1d(np.asarray(length, dtype=np.uint64)) ^ _GAMMA)
 
     def prefix(self, tokens: np.ndarray) -> np.ndarray:
         """S with S[0] = 0 and S[i + 1] = S[i] + v(tokens[i]) * B^-i."""

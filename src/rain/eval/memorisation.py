@@ -35,6 +35,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from rain.data.contamination import mix64  # splitmix64's finaliser, shared with the decontamination scan
 from rain.data.prepared import PreparedData, TokenStream
 from rain.files import write_json_atomic
 from rain.errors import RainError
@@ -46,27 +47,17 @@ _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _BASE = np.uint64(0x100000001B3)  # odd, = 3 mod 8: position swaps cannot cancel in the low bits
 
 
-def _mix(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, in place on a uint64 array (wrapping arithmetic)."""
-    z ^= z >> np.uint64(30)
-    z *= np.uint64(0xBF58476D1CE4E5B9)
-    z ^= z >> np.uint64(27)
-    z *= np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    return z
-
-
 def window_hashes(tokens: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
     """64-bit hashes of the windows tokens[i:i+k] for i = 0, stride, 2*stride, ... (whole windows only)."""
     n = (len(tokens) - k) // stride + 1 if len(tokens) >= k else 0
     values = np.asarray(tokens).astype(np.uint64)
     values += _GAMMA
-    values = _mix(values)
+    values = mix64(values)
     h = np.zeros(n, dtype=np.uint64)
     for j in range(k):
         h *= _BASE
         h += values[j: j + (n - 1) * stride + 1: stride]
-    return _mix(h)
+    return mix64(h)
 
 
 class WindowIndex:
