@@ -53,6 +53,13 @@ class FaultInjector:
         return op
 
 
+@pytest.fixture(autouse=True)
+def _no_loss_plot(monkeypatch):
+    """loss.png is drawn at the end of every run (half of a tiny run's time) and is not what these tests check:
+    the sweeps below run a hundred runs."""
+    monkeypatch.setattr("rain.train.trainer.plot_losses", lambda run_dir: None)
+
+
 def config(data):
     # Two validations, two kept step_N, best and last at the same steps: every kind of save, twice.
     return tiny_run_config(data, max_steps=4, eval_every=2, checkpoints=2, log_every=2)
