@@ -84,3 +84,29 @@ def test_tokenizer_round_trips_every_sample_and_matches_transformers(prepared):
         some = texts[:200]
         assert theirs(some, add_special_tokens=False)["input_ids"] == ids[:200], name
         assert [theirs.decode(i) for i in ids[:50]] == some[:50], name
+
+
+def test_the_same_prepared_folder_serves_a_staged_mixture(prepared):
+    """Item 1-2 of "Data that adapts" on the real samples: no re-tokenising, and the drawn windows follow the stages."""
+    from rain.config import StageConfig
+    from rain.train.batches import PretrainData
+    from tests.conftest import tiny_run_config
+
+    out, _ = prepared
+    cfg = tiny_run_config(out, max_steps=20, batch_size=8, micro_batch=8)
+    cfg.model.vocab_size = 16384
+    cfg.data.weights = {"web": 0.2, "code": 0.2, "math": 0.6}
+    cfg.data.stage = [StageConfig(start=0.5, weights={"code": 1.0})]
+    data = PretrainData(cfg)
+
+    def drawn_after(steps):
+        for _ in range(steps):
+            x = data.next_batch()[0]
+            assert x.shape == (8, cfg.model.context) and int(x.max()) < 16384
+        return dict(data.loader.state_dict()["source_windows"])
+
+    first = drawn_after(10)
+    assert sum(first.values()) == 80 and first["math"] > first["web"] + first["code"]
+    second = {n: c - first[n] for n, c in drawn_after(10).items()}
+    assert second == {"web": 0, "code": 80, "math": 0}
+    assert data.stage_starts()[0]["step"] == 10
