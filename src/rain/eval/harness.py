@@ -159,14 +159,17 @@ def write_local_tasks(
     for name in task_names:
         spec = get_task(name)
         lf = local_files(name, data_dir)
-        if spec.name == "piqa":
-            # lm-eval's piqa reads `label` from each row; the local jsonl keeps labels in a separate .lst.
+        fmt = "arrow" if lf.fmt == "arrow" else "json"
+        if lf.rewrite_for_lm_eval:
+            # The local files differ from lm-eval's dataset (piqa's labels in a separate .lst, openbookqa in
+            # MosaicML's fields, boolq's `answer` for `label`): hand lm-eval the converted rows as jsonl.
             data = load_task(name, data_dir, need_pool=fewshot)
-            eval_files = [_write_jsonl(out_dir / "piqa-validation.jsonl", data.docs)]
+            eval_files = [_write_jsonl(out_dir / f"{name}-eval.jsonl", data.docs)]
             if data.pool is None or data.pool is data.docs:
                 pool_files = eval_files
             else:
-                pool_files = [_write_jsonl(out_dir / "piqa-train.jsonl", data.pool)]
+                pool_files = [_write_jsonl(out_dir / f"{name}-train.jsonl", data.pool)]
+            fmt = "json"
         else:
             # The original files (winogrande's jsonl carry `answer`; load_task checks any .lst agrees).
             load_task(name, data_dir, need_pool=fewshot)  # same checks and errors as the native path
@@ -178,7 +181,7 @@ def write_local_tasks(
             "include": str(_lm_eval_tasks_dir() / spec.lm_eval_yaml),
             "task": task,
             "tag": "rain_local",
-            "dataset_path": "arrow" if lf.fmt == "arrow" else "json",
+            "dataset_path": fmt,
             "dataset_name": None,
             "dataset_kwargs": {
                 "data_files": {eval_split: [str(p) for p in eval_files], "train": [str(p) for p in pool_files]},
@@ -246,7 +249,7 @@ def harness_evaluate(
         n = res["n-samples"][mapping[name]]["effective"]
         source = (local_files(name, data_dir).pool_source if data_dir is not None else "train") if shots else None
         for m in get_task(name).metrics:
-            stderr = r.get(f"{m}_stderr,none")
+            stderr = None if m == "perplexity" else r.get(f"{m}_stderr,none")  # lm-eval bootstraps that one
             rows.append(
                 {
                     "task": name,

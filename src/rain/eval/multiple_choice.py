@@ -268,10 +268,28 @@ def item_scores(choices: Sequence[str], gold: int, lls: Sequence[float]) -> dict
     return {"acc": 1.0 if pred == gold else 0.0, "acc_norm": 1.0 if pred_norm == gold else 0.0}
 
 
+def loglikelihood_scores(ll: float, is_greedy: bool) -> dict[str, float]:
+    """ConfigurableTask.process_results for output_type loglikelihood (lambada): the continuation's
+    log-likelihood (aggregated to perplexity) and whether greedy decoding would have produced it (acc)."""
+    return {"perplexity": ll, "acc": float(int(is_greedy))}
+
+
+def aggregate(metric: str, values: Sequence[float]) -> float:
+    """lm-eval's aggregations: `perplexity` is exp(-mean log-likelihood), every other metric the mean."""
+    if not values:
+        return float("nan")
+    mean = sum(values) / len(values)
+    return math.exp(-mean) if metric == "perplexity" else mean
+
+
 def score_tasks(
-    model, tokenizer: Tokenizer, tasks: Sequence[TaskRequests], batch_size: int = 32, show_progress: bool = True
+    model, tokenizer: Tokenizer, tasks: Sequence[TaskRequests], batch_size: int = 32, show_progress: bool = True,
+    per_item: dict[str, dict[str, list[float]]] | None = None,
 ) -> list[dict]:
     """Run built tasks through the model; one result row per task and metric.
+
+    per_item, when given, receives every item's score: per_item[task][metric] lists them in item order (what
+    per-category results and `rain compare` pair on).
 
     All tasks' requests go through one loglikelihood call, as lm-eval's evaluator sends them: shared
     batches and de-duplication across tasks, and the very same batches as RainLM gets from
@@ -299,23 +317,30 @@ def score_tasks(
         bar.close()
     rows, at = [], 0
     for task in tasks:
-        per_item: dict[str, list[float]] = {m: [] for m in task.metrics}
+        values: dict[str, list[float]] = {m: [] for m in task.metrics}
         for item in task.items:
-            scores = item_scores(item.choices, item.gold, [ll for ll, _ in lls[at : at + len(item.requests)]])
+            results = lls[at : at + len(item.requests)]
             at += len(item.requests)
+            if task.output_type == "loglikelihood":
+                scores = loglikelihood_scores(*results[0])
+            else:
+                scores = item_scores(item.choices, item.gold, [ll for ll, _ in results])
             for m in task.metrics:
-                per_item[m].append(scores[m])
+                values[m].append(scores[m])
+        if per_item is not None:
+            per_item[task.name] = values
         rows += [
             {
                 "task": task.name,
                 "n_shot": task.n_shot,
                 "metric": m,
-                "value": sum(v) / len(v) if v else float("nan"),
-                "stderr": mean_stderr(v),
+                "value": aggregate(m, v),
+                # lm-eval bootstraps perplexity's stderr (random resampling); rain reports none for it
+                "stderr": None if m == "perplexity" else mean_stderr(v),
                 "items": len(v),
                 "fewshot_source": task.fewshot_source,
             }
-            for m, v in per_item.items()
+            for m, v in values.items()
         ]
     return rows
 

@@ -113,6 +113,57 @@ def _winogrande_target(doc: dict) -> str:
     return doc["sentence"][idx:].strip()
 
 
+def _openbookqa_text(doc: dict) -> str:
+    return doc["question_stem"]
+
+
+def _openbookqa_target(doc: dict) -> int:
+    # "{{choices.label.index(answerKey.lstrip())}}"
+    labels, key = list(doc["choices"]["label"]), doc["answerKey"].lstrip()
+    if key not in labels:
+        raise RainError(f"openbookqa item {doc.get('id', '?')}: answerKey {key!r} is not one of {labels}")
+    return labels.index(key)
+
+
+def _openbookqa_from_mosaic(doc: dict) -> dict:
+    """MosaicML's ICL jsonl (query, choices, gold) -> the fields of HF allenai/openbookqa that lm-eval reads.
+
+    Rows already in HF's fields (the validation pool) keep just those, so both splits share one schema."""
+    if "question_stem" in doc:
+        return {k: doc[k] for k in ("question_stem", "choices", "answerKey")}
+    labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
+    gold = doc["gold"]
+    if not (isinstance(gold, int) and 0 <= gold < len(labels)):
+        raise RainError(f"openbookqa item {doc['query'][:40]!r}: gold must be an index into choices, got {gold!r}")
+    return {"question_stem": doc["query"], "choices": {"text": list(doc["choices"]), "label": labels},
+            "answerKey": labels[gold]}
+
+
+def _boolq_text(doc: dict) -> str:
+    return f"{doc['passage']}\nQuestion: {doc['question']}?\nAnswer:"
+
+
+def _boolq_choices(doc: dict) -> list[str]:
+    return ["no", "yes"]
+
+
+def _boolq_target(doc: dict) -> int:
+    return int(doc["label"])
+
+
+def _boolq_from_olmo(doc: dict) -> dict:
+    # OLMo's copy keeps BoolQ's original `answer` (bool); super_glue (what lm-eval reads) names it `label` (0/1).
+    return doc if "label" in doc or "answer" not in doc else {**doc, "label": int(bool(doc["answer"]))}
+
+
+def _lambada_text(doc: dict) -> str:
+    return " ".join(doc["text"].split(" ")[:-1])  # "{{text.split(' ')[:-1]|join(' ')}}"
+
+
+def _lambada_target(doc: dict) -> str:
+    return " " + doc["text"].split(" ")[-1]  # "{{' '+text.split(' ')[-1]}}": the delimiter is in the target
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -131,6 +182,9 @@ class TaskSpec:
     process: Callable[[dict], dict] | None = None
     required: tuple[str, ...] = ()  # fields every raw document must have
     lm_eval_yaml: str = ""  # lm_eval/tasks/<this>, used by rain.eval.harness for local runs
+    # "multiple_choice": one request per choice, acc/acc_norm; "loglikelihood" (lambada): one request,
+    # the continuation's log-likelihood (perplexity) and whether it is the greedy output (acc)
+    output_type: str = "multiple_choice"
 
     @property
     def exclude_eval_doc(self) -> bool:
@@ -194,6 +248,45 @@ TASKS: dict[str, TaskSpec] = {
         required=("sentence", "option1", "option2", "answer"),
         lm_eval_yaml="winogrande/default.yaml",
     ),
+    "openbookqa": TaskSpec(
+        name="openbookqa",
+        hf_path="allenai/openbookqa",
+        hf_name="main",
+        eval_split="test",
+        has_test_split=True,
+        doc_to_text=_openbookqa_text,
+        doc_to_choice=_arc_choices,  # "{{choices.text}}"
+        doc_to_target=_openbookqa_target,
+        required=("question_stem", "choices", "answerKey"),
+        lm_eval_yaml="openbookqa/openbookqa.yaml",
+    ),
+    "boolq": TaskSpec(
+        name="boolq",
+        hf_path="aps/super_glue",
+        hf_name="boolq",
+        eval_split="validation",
+        has_test_split=False,
+        doc_to_text=_boolq_text,
+        doc_to_choice=_boolq_choices,
+        doc_to_target=_boolq_target,
+        metrics=("acc",),
+        required=("passage", "question", "label"),
+        lm_eval_yaml="super_glue/boolq/default.yaml",
+    ),
+    "lambada_openai": TaskSpec(
+        name="lambada_openai",
+        hf_path="EleutherAI/lambada_openai",
+        hf_name="default",
+        eval_split="test",
+        has_test_split=True,
+        doc_to_text=_lambada_text,
+        doc_to_choice=lambda doc: [],
+        doc_to_target=_lambada_target,
+        metrics=("perplexity", "acc"),
+        required=("text",),
+        lm_eval_yaml="lambada/lambada_openai.yaml",
+        output_type="loglikelihood",
+    ),
 }
 
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
@@ -211,7 +304,8 @@ EVAL_DATA_ENV = "RAIN_EVAL_DATA"
 EVAL_DATA_LAYOUT = (
     "hellaswag/*.arrow + state.json (a datasets save_to_disk folder), arc/ARC-Easy-test.jsonl + ARC-Easy-train.jsonl "
     "(ARC-Challenge-* likewise), piqa/valid.jsonl + valid-labels.lst, winogrande/dev.jsonl + train_l.jsonl "
-    "(or train_xl.jsonl)"
+    "(or train_xl.jsonl), openbookqa/openbook_qa_test_mosaic.jsonl + validation_hf/*.arrow, "
+    "boolq/validation_hf/*.arrow, lambada_openai/lambada_test.jsonl"
 )
 
 
@@ -248,6 +342,9 @@ class LocalFiles:
     fmt: str  # "jsonl" | "arrow"
     label_field: str  # field the label file fills
     label_type: type
+    convert: Callable[[dict], dict] | None = None  # raw record (eval and pool) -> lm-eval's (HF dataset's) fields
+    pool_fmt: str | None = None  # the pool's format when it differs from the eval file's
+    rewrite_for_lm_eval: bool = False  # lm-eval cannot read these files as they are: hand it converted jsonl
 
 
 def local_files(name: str, data_dir: str | Path) -> LocalFiles:
@@ -293,6 +390,7 @@ def local_files(name: str, data_dir: str | Path) -> LocalFiles:
             fmt="jsonl",
             label_field="label",
             label_type=int,
+            rewrite_for_lm_eval=True,  # lm-eval's piqa reads `label` from each row, not a separate .lst
         )
     if spec.name == "winogrande":
         folder = root / "winogrande"
@@ -309,6 +407,50 @@ def local_files(name: str, data_dir: str | Path) -> LocalFiles:
             pool_source="train" if pool_name == "train_xl" else "train_l (lm-eval: train_xl)",
             fmt="jsonl",
             label_field="answer",
+            label_type=str,
+        )
+    if spec.name == "openbookqa":
+        # lm-eval scores the test split (MosaicML's copy here) with shots from train, which is not in
+        # shared/data; the validation split (disjoint from test) stands in as the pool.
+        folder = root / "openbookqa"
+        return LocalFiles(
+            eval=[folder / "openbook_qa_test_mosaic.jsonl"],
+            eval_labels=None,
+            labels_required=False,
+            pool=_arrow_shards(folder / "validation_hf"),
+            pool_labels=None,
+            pool_source="validation (lm-eval: train)",
+            fmt="jsonl",
+            label_field="answerKey",
+            label_type=str,
+            convert=_openbookqa_from_mosaic,
+            pool_fmt="arrow",
+            rewrite_for_lm_eval=True,
+        )
+    if spec.name == "boolq":
+        return LocalFiles(
+            eval=_arrow_shards(root / "boolq" / "validation_hf"),
+            eval_labels=None,
+            labels_required=False,
+            pool=None,  # BoolQ train (lm-eval's few-shot split) is not in shared/data
+            pool_labels=None,
+            pool_source="validation minus the item (lm-eval: train)",
+            fmt="arrow",
+            label_field="label",
+            label_type=int,
+            convert=_boolq_from_olmo,
+            rewrite_for_lm_eval=True,
+        )
+    if spec.name == "lambada_openai":
+        return LocalFiles(
+            eval=[root / "lambada_openai" / "lambada_test.jsonl"],
+            eval_labels=None,
+            labels_required=False,
+            pool=None,  # lambada_openai has only a test split; lm-eval then draws shots from it too
+            pool_labels=None,
+            pool_source="test (as lm-eval)",
+            fmt="jsonl",
+            label_field="text",
             label_type=str,
         )
     raise AssertionError(name)  # pragma: no cover - every registered task is handled above
@@ -367,8 +509,10 @@ def _read_labels(path: Path, n: int, cast: type) -> list:
         raise RainError(f"{path}: labels must be {cast.__name__}s, one per line") from None
 
 
-def _load_split(files: list[Path], labels: Path | None, labels_required: bool, lf: LocalFiles) -> list[dict]:
-    docs = _read_arrow(files) if lf.fmt == "arrow" else _read_jsonl(files[0])
+def _load_split(
+    files: list[Path], labels: Path | None, labels_required: bool, lf: LocalFiles, fmt: str | None = None
+) -> list[dict]:
+    docs = _read_arrow(files) if (fmt or lf.fmt) == "arrow" else _read_jsonl(files[0])
     if labels is not None and labels.is_file():
         values = _read_labels(labels, len(docs), lf.label_type)
         for i, (doc, value) in enumerate(zip(docs, values)):
@@ -380,6 +524,11 @@ def _load_split(files: list[Path], labels: Path | None, labels_required: bool, l
             doc[lf.label_field] = value
     elif labels_required:
         raise _file_not_found(labels, f" (labels for {files[0]})")
+    if lf.convert is not None:
+        try:
+            docs = [lf.convert(d) for d in docs]
+        except (KeyError, TypeError) as exc:
+            raise RainError(f"{files[0]}: an item lacks the field {exc} or has the wrong type") from None
     return docs
 
 
@@ -418,7 +567,7 @@ def load_task(name: str, data_dir: str | Path | None = None, need_pool: bool = T
             if lf.pool is None:
                 pool = docs
             else:
-                pool = _load_split(lf.pool, lf.pool_labels, lf.labels_required, lf)
+                pool = _load_split(lf.pool, lf.pool_labels, lf.labels_required, lf, lf.pool_fmt)
                 _check_fields(spec, pool, str(lf.pool[0]))
     if spec.process is not None:
         processed = [spec.process(d) for d in docs]
@@ -444,9 +593,10 @@ def _load_hub(spec: TaskSpec, need_pool: bool) -> tuple[list[dict], list[dict] |
             f"{eval_data_hint()}"
         ) from None
     docs = [dict(d) for d in ds[spec.eval_split]]
-    pool = [dict(d) for d in ds["train"]] if need_pool else None
+    pool_split = "train" if "train" in ds else spec.eval_split  # lambada_openai: test only, as lm-eval
+    pool = (docs if pool_split == spec.eval_split else [dict(d) for d in ds[pool_split]]) if need_pool else None
     _check_fields(spec, docs, f"{spec.hf_path}[{spec.eval_split}]")
-    return docs, pool, ("train" if need_pool else None)
+    return docs, pool, (pool_split if need_pool else None)
 
 
 # ----------------------------------------------------------------------------- few-shot sampling
@@ -507,6 +657,7 @@ class Item:
     requests: list[tuple[str, str]]  # (context, continuation) per choice: lm-eval's Instance.arguments
     choices: list[str]  # doc_to_choice (their character lengths normalise acc_norm)
     gold: int  # index of the right choice; -100 when out of range (scored wrong, as lm-eval does)
+    # loglikelihood tasks (lambada): one request, no choices, gold unused
 
 
 @dataclass
@@ -516,11 +667,16 @@ class TaskRequests:
     metrics: tuple[str, ...]
     items: list[Item] = field(default_factory=list)
     fewshot_source: str | None = None  # None at 0-shot
+    output_type: str = "multiple_choice"
 
 
 def make_item(spec: TaskSpec, index: int, doc: dict, shots: list[dict]) -> Item:
     prefix = fewshot_prefix(spec, shots)
     choices = spec.doc_to_choice(doc)
+    if spec.output_type == "loglikelihood":
+        # lm-eval: arguments = (ctx, doc_to_target(doc)); the target carries its own leading space.
+        return Item(index=index, doc=doc, requests=[(prefix + spec.doc_to_text(doc), spec.doc_to_target(doc))],
+                    choices=[], gold=-100)
     if spec.multiple_input:
         cont = spec.doc_to_target(doc)
         requests = [(prefix + ctx, TARGET_DELIMITER + cont) for ctx in choices]
@@ -564,7 +720,8 @@ def build_requests(
     n = _resolve_limit(limit, len(data.docs))
     sampler = FewshotSampler(data.pool or [], seed) if shots > 0 else None
     out = TaskRequests(
-        name=spec.name, n_shot=shots, metrics=spec.metrics, fewshot_source=data.pool_source if shots else None
+        name=spec.name, n_shot=shots, metrics=spec.metrics, fewshot_source=data.pool_source if shots else None,
+        output_type=spec.output_type,
     )
     for i, doc in enumerate(data.docs[:n]):
         fs = sampler.sample(shots, doc if spec.exclude_eval_doc else None) if sampler else []
