@@ -131,6 +131,8 @@ def _eval_section(checkpoint: Checkpoint) -> list[str]:
     rows = read_results(path)  # a damaged line is a one-line error: a published card must not skip results
     latest = {}
     for r in rows:  # a re-evaluation replaces the earlier row
+        if r.get("category"):  # the per-category breakdown stays in trends.md
+            continue
         mine = r.get("step") == checkpoint.step and r.get("tokens") == checkpoint.tokens
         if mine or r.get("step") is None:
             latest[(r.get("checkpoint"), r.get("task"), r.get("source"), r.get("n_shot"), r.get("metric"))] = r
