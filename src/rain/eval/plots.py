@@ -64,7 +64,31 @@ def _cell(row: dict | None) -> str:
     return text + (f" ± {stderr:.3f}" if stderr is not None else "")
 
 
+def overall(rows: list[dict]) -> list[dict]:
+    """The rows of whole tasks, without the per-category breakdown (rows with a `category`)."""
+    return [r for r in rows if not r.get("category")]
+
+
+def category_table(rows: list[dict]) -> str:
+    """Per-category results of the latest checkpoint that has any: a row per task, shots, category and metric,
+    with the item count and standard error (few items: a wide error)."""
+    rows = [r for r in rows if r.get("category")]
+    if not rows:
+        return ""
+    latest = max(_checkpoint_key(r) for r in rows)
+    mine: dict[tuple, dict] = {}
+    for r in rows:  # a later row for the same series replaces an earlier one
+        if _checkpoint_key(r) == latest:
+            mine[(series_label(r), r["category"])] = r
+    lines = [f"## Per category: {latest[3]} ({human_tokens(None if latest[0] else latest[1])} tok)", "",
+             "| task | category | items | value |", "|---|---|---:|---:|"]
+    for (label, category), r in sorted(mine.items()):
+        lines.append(f"| {label} | {category} | {r.get('items') or '-'} | {_cell(r)} |")
+    return "\n".join(lines) + "\n"
+
+
 def trend_table(rows: list[dict]) -> str:
+    rows = overall(rows)
     if not rows:
         return "(no results yet)\n"
     checkpoints, series = _series(rows)
@@ -106,7 +130,7 @@ def trend_panels(rows: list[dict]) -> list[Panel]:
     """What trends.png draws: a panel per task (validation: per metric) and unit, each series' finite values
     against tokens seen (step 0 included), never validation perplexity (exp of the loss, which has its own
     panel) and never a panel with nothing in it. Rows without a token count cannot be placed and are left out."""
-    rows = [r for r in rows if r.get("tokens") is not None and not (r["task"] == "val" and r["metric"] == "ppl")]
+    rows = [r for r in overall(rows) if r.get("tokens") is not None and not (r["task"] == "val" and r["metric"] == "ppl")]
     _, series = _series(rows)
     panels: dict[tuple[str, str], Panel] = {}
     for label, entry in series.items():
@@ -172,6 +196,8 @@ def write_trends(eval_dir: Path, rows: list[dict], plot: bool = False) -> list[P
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
     table = eval_dir / TABLE_FILE
-    write_atomic(table, ("# Evaluation trends\n\n" + trend_table(rows)).encode())
+    categories = category_table(rows)
+    text = "# Evaluation trends\n\n" + trend_table(rows) + (f"\n{categories}" if categories else "")
+    write_atomic(table, text.encode())
     drawable = plot and bool(trend_panels(rows))
     return [table] + ([plot_trends(rows, eval_dir / PLOT_FILE)] if drawable else [])

@@ -27,6 +27,7 @@ from rain.files import jsonl_records, write_atomic
 from rain.train.metrics import read_metrics
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
+from rain.eval.item_results import ITEMS_FILE, append_items, category_rows, item_record
 from rain.eval.multiple_choice import score_tasks
 from rain.eval.tasks import FEWSHOT_SEED, TaskData, build_requests, get_task, load_task
 from rain.runtime import autocast_for, pick_device
@@ -385,12 +386,14 @@ def evaluate_run(path: str | Path, plan: EvalPlan, *, out: str | Path | None = N
     todo = [(c, us) for c, us in todo if us]
     torch_device = pick_device(device, option="--device")
     added = failed = 0
+    items_file = eval_dir / ITEMS_FILE
     for ckpt, units in todo:
         tokens = f"{ckpt.tokens:,} tokens" if ckpt.tokens is not None else "tokens unknown"
         log(f"{ckpt.name} ({tokens}): {', '.join(u.describe() for u in units)}")
         t0 = time.time()
+        items: list[dict] = []
         try:
-            new = evaluate_checkpoint(ckpt, units, inputs, torch_device, hooks, eval_dir, log, show_progress)
+            new = evaluate_checkpoint(ckpt, units, inputs, torch_device, hooks, eval_dir, log, show_progress, items)
         except ckpt_io.DamagedCheckpoint as exc:
             if len(checkpoints) == 1:  # the only checkpoint asked for: its error is the answer
                 raise
@@ -400,6 +403,7 @@ def evaluate_run(path: str | Path, plan: EvalPlan, *, out: str | Path | None = N
             continue
         except RainError as exc:  # named once: most errors already name the checkpoint's folder or a file in it
             raise exc if str(ckpt.folder) in str(exc) else RainError(f"{ckpt.folder}: {exc}") from None
+        append_items(items_file, items)  # first: results rows without their items would never be rescored
         append_results(results, new)  # only now: a failure above leaves the file untouched
         rows += new
         added += len(new)
@@ -423,7 +427,8 @@ def nothing_evaluated(path: str | Path, skipped: list[tuple[str, RainError]]) ->
 
 def evaluate_checkpoint(ckpt: Checkpoint, units: list[Unit], inputs: Inputs, device: torch.device,
                         hooks: Sequence[CheckpointHook], eval_dir: Path, log: Callable[[str], None],
-                        show_progress: bool = True) -> list[dict]:
+                        show_progress: bool = True, items_out: list[dict] | None = None) -> list[dict]:
+    """The checkpoint's result rows (overall and per category); items_out receives its per-item records."""
     plan = inputs.plan
     model, cfg = ckpt_io.load_model(ckpt, device)
     tokenizer = ckpt_io.tokenizer(ckpt)
@@ -436,7 +441,14 @@ def evaluate_checkpoint(ckpt: Checkpoint, units: list[Unit], inputs: Inputs, dev
                 out += [make_row(ckpt, unit, r) for r in validation_rows(model, cfg, val, unit.limit, tokenizer.eot_id)]
         for shots, group in _by_shots(native).items():  # all tasks in one pass: shared batches
             tasks = [inputs.requests[(u.task, shots)] for u in group]
-            out += _rows(ckpt, group, score_tasks(model, tokenizer, tasks, plan.batch_size, show_progress))
+            per_item: dict[str, dict[str, list[float]]] = {}
+            out += _rows(ckpt, group, score_tasks(model, tokenizer, tasks, plan.batch_size, show_progress, per_item))
+            for unit, task in zip(group, tasks):
+                record = item_record(task, per_item[task.name])
+                out += [make_row(ckpt, unit, r) for r in category_rows(record)]
+                if items_out is not None:
+                    items_out.append({"checkpoint": ckpt.name, "step": ckpt.step, "tokens": ckpt.tokens,
+                                      "limit": unit.limit, "evaluator": unit.evaluator, **record})
         for shots, group in _by_shots(harness).items():
             ours = [u for u in group if plan.harness and u.task in plan.tasks]
             if ours:

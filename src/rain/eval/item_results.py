@@ -1,0 +1,76 @@
+"""Every benchmark item's score, kept so that results can be broken down by category and two checkpoints
+compared on the very same items (`rain compare`) without scoring them again.
+
+`rain eval` appends one line per checkpoint, task and shot count to eval/items.jsonl: the checkpoint's step and
+tokens seen, the unit's task, n_shot, limit and evaluator, the items' ids, each metric as a string of 0s and 1s
+in item order (compact: 10,000 HellaSwag items are 10 kB a metric), and each item's categories
+(rain.eval.categories). A later line for the same checkpoint and unit replaces an earlier one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rain.errors import RainError
+from rain.eval.categories import item_categories, item_id
+from rain.eval.multiple_choice import mean_stderr
+from rain.eval.tasks import TaskRequests
+from rain.files import jsonl_records, write_atomic
+
+ITEMS_FILE = "items.jsonl"
+UNIT_FIELDS = ("task", "n_shot", "limit", "evaluator")
+
+
+def item_record(task: TaskRequests, scores: dict[str, list[float]]) -> dict:
+    """One task's per-item scores (from score_tasks' per_item) with the items' ids and categories."""
+    categories: dict[str, list[str | None]] = {}
+    for k, item in enumerate(task.items):
+        for kind, value in item_categories(task.name, item.doc).items():
+            categories.setdefault(kind, [None] * len(task.items))[k] = value
+    return {"task": task.name, "n_shot": task.n_shot, "ids": [item_id(i.doc, i.index) for i in task.items],
+            "scores": {m: "".join("1" if v else "0" for v in values) for m, values in scores.items()},
+            "categories": categories}
+
+
+def correct(record: dict, metric: str) -> list[int]:
+    text = record["scores"].get(metric)
+    if text is None:
+        raise RainError(f"{record['task']} has no per-item {metric} (it has {', '.join(record['scores'])})")
+    return [1 if c == "1" else 0 for c in text]
+
+
+def category_rows(record: dict) -> list[dict]:
+    """Result rows per category: task, metric, value, stderr, items and category ("source=wikihow")."""
+    rows = []
+    scores = {metric: correct(record, metric) for metric in record["scores"]}
+    for kind, labels in record["categories"].items():
+        for label in sorted({x for x in labels if x is not None}):
+            members = [k for k, x in enumerate(labels) if x == label]
+            for metric, values_of in scores.items():
+                values = [float(values_of[k]) for k in members]
+                rows.append({"task": record["task"], "metric": metric, "value": sum(values) / len(values),
+                             "stderr": mean_stderr(values), "items": len(values), "category": f"{kind}={label}"})
+    return rows
+
+
+def read_items(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    records = []
+    for where, rec in jsonl_records(path.read_text(encoding="utf-8"), lambda n: f"{path}:{n}"):
+        if not isinstance(rec, dict) or not {"task", "n_shot", "ids", "scores"} <= rec.keys():
+            raise RainError(f"{where}: not a per-item record (task, n_shot, ids, scores); fix or remove that line")
+        records.append(rec)
+    return records
+
+
+def append_items(path: Path, records: list[dict]) -> None:
+    """Rewrite the file with the records added (temporary file + rename, like results.jsonl)."""
+    if not records:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_bytes() if path.is_file() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    write_atomic(path, old + "".join(json.dumps(r) + "\n" for r in records).encode())
