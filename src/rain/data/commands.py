@@ -1,5 +1,6 @@
 """`rain prepare` (text -> tokenizer + token shards), `rain data report` (what the model will read: realised
-shares, filter counts, bytes/token, samples) and `rain data filter` (keep documents by `rain score`'s scores)."""
+shares, filter counts, bytes/token, samples), `rain data filter` (keep documents by `rain score`'s scores) and
+`rain tokenizer report` (bytes/token and tokens/word per source and language, two tokenizers compared)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,18 @@ def cmd_filter(args) -> None:
     print(f"wrote {report['path']}")
 
 
+def cmd_tokenizer_report(args) -> None:
+    from rain.data.tokenizer_report import report, texts_from_files, texts_from_prepared
+
+    texts = texts_from_prepared(args.data, args.documents) if args.data else texts_from_files(args.text)
+    result = report(args.tokenizer, texts, args.out, origin=args.data or ", ".join(args.text))
+    for t in result["tokenizers"]:
+        total = t["rows"][-1]
+        print(f"{t['name']}: {total['bytes_per_token']:.3f} bytes/token, {total['tokens_per_unit']:.3f} tokens/word "
+              f"on {total['documents']:,} documents")
+    print(f"wrote {Path(args.out) / 'report.md'} (and report.json)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="corpus -> BPE tokenizer + token shards", description=
                        "Read text, train a byte-level BPE tokenizer and write uint16/uint32 token shards plus a held-out "
@@ -90,3 +103,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--samples", type=int, default=3, help="documents shown each side of the threshold per source "
                    "(default: %(default)s)")
     f.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser("tokenizer", help="inspect tokenizers", description="Inspect tokenizers on text.")
+    tok_sub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    t = tok_sub.add_parser("report", help="bytes/token and tokens/word per source and language; compare two",
+                           description="Write report.md and report.json: UTF-8 bytes per token, tokens per word (per "
+                           "character for languages without spaces), byte-fallback and unknown-token rates, per source "
+                           "and per detected language, for one tokenizer or two side by side on the same text.")
+    t.add_argument("--tokenizer", action="append", required=True, metavar="PATH", help="a tokenizer.json or a folder "
+                   "holding one (a prepared data folder, a checkpoint); give it twice to compare two")
+    given = t.add_mutually_exclusive_group(required=True)
+    given.add_argument("--data", metavar="DIR", help="a prepared data folder: each source's first held-out documents")
+    given.add_argument("--text", nargs="+", metavar="[NAME=]FILE", help="text files (paragraphs are documents) or "
+                       ".jsonl (field `text`); the source is NAME or the file's name")
+    t.add_argument("--documents", type=int, default=200, help="held-out documents read per source with --data "
+                   "(default: %(default)s)")
+    t.add_argument("--out", required=True, help="where to write report.md and report.json")
+    t.set_defaults(func=cmd_tokenizer_report)
