@@ -9,6 +9,7 @@ and rain's draw identically from the same pool (checked item by item in test_eva
 
 import json
 import logging
+import math
 import os
 
 import pytest
@@ -101,6 +102,30 @@ def test_native_equals_lm_eval(model, tokenizer, shots, hf_cache):
         metrics[r["task"]].append(r["metric"])
     assert metrics == {"arc_easy": ["acc", "acc_norm"], "hellaswag": ["acc", "acc_norm"],
                        "piqa": ["acc", "acc_norm"], "winogrande": ["acc"]}
+
+
+NEW_TASKS = ["arc_challenge", "openbookqa", "boolq", "lambada_openai"]
+
+
+@pytest.mark.shared_data
+def test_more_tasks_native_equals_lm_eval(model, tokenizer, hf_cache):
+    """ARC-Challenge, OpenBookQA, BoolQ and LAMBADA (acc and perplexity of the last word) too: the same
+    numbers from rain's evaluator and from lm-eval's own task yamls on the same local items. 2-shot only:
+    test_eval_tasks checks their 0- and 5-shot requests against lm-eval's, and scoring is shared."""
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    kw = dict(shots=2, limit=20, data_dir=EVAL, batch_size=16)
+    ours = evaluate(model, tokenizer, NEW_TASKS, **kw)
+    theirs = harness_evaluate(model, tokenizer, NEW_TASKS, cache_dir=hf_cache, bootstrap_iters=0, **kw)
+    key = lambda r: (r["task"], r["metric"])  # noqa: E731
+    assert [key(r) for r in ours] == [key(r) for r in theirs] == [
+        ("arc_challenge", "acc"), ("arc_challenge", "acc_norm"), ("openbookqa", "acc"), ("openbookqa", "acc_norm"),
+        ("boolq", "acc"), ("lambada_openai", "perplexity"), ("lambada_openai", "acc"),
+    ]
+    for r, t in zip(ours, theirs):
+        assert (r["value"], r["items"], r["n_shot"], r["fewshot_source"]) == (
+            t["value"], t["items"], t["n_shot"], t["fewshot_source"]), key(r)
+    by = {key(r): r["value"] for r in ours}
+    assert 1.0 < by[("lambada_openai", "perplexity")] < math.inf  # exp(-mean log-likelihood of the last word)
 
 
 # ----------------------------------------------------------------------------- pieces
