@@ -113,18 +113,18 @@ def test_more_tasks_native_equals_lm_eval(model, tokenizer, hf_cache):
     numbers from rain's evaluator and from lm-eval's own task yamls on the same local items. 2-shot only:
     test_eval_tasks checks their 0- and 5-shot requests against lm-eval's, and scoring is shared."""
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    kw = dict(shots=2, limit=20, data_dir=EVAL, batch_size=16)
+    kw = {"shots": 2, "limit": 20, "data_dir": EVAL, "batch_size": 16}
     ours = evaluate(model, tokenizer, NEW_TASKS, **kw)
     theirs = harness_evaluate(model, tokenizer, NEW_TASKS, cache_dir=hf_cache, bootstrap_iters=0, **kw)
-    key = lambda r: (r["task"], r["metric"])  # noqa: E731
-    assert [key(r) for r in ours] == [key(r) for r in theirs] == [
+    pairs = [[(r["task"], r["metric"]) for r in rows] for rows in (ours, theirs)]
+    assert pairs[0] == pairs[1] == [
         ("arc_challenge", "acc"), ("arc_challenge", "acc_norm"), ("openbookqa", "acc"), ("openbookqa", "acc_norm"),
         ("boolq", "acc"), ("lambada_openai", "perplexity"), ("lambada_openai", "acc"),
     ]
     for r, t in zip(ours, theirs):
         assert (r["value"], r["items"], r["n_shot"], r["fewshot_source"]) == (
-            t["value"], t["items"], t["n_shot"], t["fewshot_source"]), key(r)
-    by = {key(r): r["value"] for r in ours}
+            t["value"], t["items"], t["n_shot"], t["fewshot_source"]), (r["task"], r["metric"])
+    by = {(r["task"], r["metric"]): r["value"] for r in ours}
     assert 1.0 < by[("lambada_openai", "perplexity")] < math.inf  # exp(-mean log-likelihood of the last word)
 
 
