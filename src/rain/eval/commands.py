@@ -89,6 +89,28 @@ def cmd_eval(args) -> None:
           + ", ".join(str(p) for p in written))
 
 
+def cmd_compare(args) -> None:
+    import shlex
+    import sys
+
+    from rain.eval.compare import compare, write_report
+
+    tasks = parse_tasks(args.tasks)
+    shots = parse_shots(args.shots)
+    if len(shots) != 1:
+        raise RainError(f"--shots takes one count for a comparison, got {args.shots!r}")
+    report = compare(args.models, tasks, shots=shots[0], limit=parse_limit(args.limit),
+                     eval_data=eval_data_dir(args.eval_data), metric=args.metric, resamples=args.resamples,
+                     seed=args.seed, min_category_items=args.min_category_items, batch_size=args.batch_size,
+                     device=args.device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    command = "rain " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else None
+    written = write_report(report, args.out, command, plot=args.plot)
+    for (a, b), c in zip(report.pairs, report.tasks):
+        print(f"{c.task}: {b} - {a} = {c.diff * 100:+.1f} points [{c.low * 100:+.1f}, {c.high * 100:+.1f}], "
+              f"{c.n:,} items: {c.verdict()}")
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
 def cmd_decontaminate(args) -> None:
     from rain.eval.decontaminate import decontaminate, table
 
@@ -150,6 +172,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "probing completion (builds eval/memorisation_index once) into eval/memorisation.md")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="compare checkpoints item by item: differences, confidence intervals, verdicts",
+                       description="Compare two or more checkpoints, runs (their newest checkpoint) or Hugging Face "
+                       "folders on the same benchmark items: per task and per category, the difference with a paired "
+                       "bootstrap confidence interval and p-value, McNemar's exact test, the items that flipped and a "
+                       "verdict in words (including the items needed to detect a 1-point change). Every model is "
+                       "compared with the first. Per-item scores stored by `rain eval` (eval/items.jsonl, same "
+                       "--tasks, --shots and --limit) are reused; anything else is scored with the same evaluator. "
+                       "Writes OUT/compare.md and OUT/compare.png.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="checkpoint, run or Hugging Face folders (at least two)")
+    p.add_argument("--tasks", required=True, metavar="LIST", help="benchmarks, comma-separated, or 'all'")
+    p.add_argument("--shots", default="0", metavar="K", help="few-shot count (default: %(default)s)")
+    p.add_argument("--limit", metavar="N", help="only the first N items of each task (as for `rain eval`)")
+    p.add_argument("--eval-data", metavar="DIR", help="folder of benchmark files, as for `rain eval --eval-data`")
+    p.add_argument("--metric", default="acc", choices=["acc", "acc_norm"], help="(default: %(default)s)")
+    p.add_argument("--resamples", type=number(int, "[100, inf)"), default=10_000, metavar="N",
+                   help="bootstrap resamples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--min-category-items", type=number(int, "[1, inf)"), default=10, metavar="N",
+                   help="compare a category only with at least N items (default: %(default)s)")
+    p.add_argument("--out", default="compare", metavar="DIR", help="folder for compare.md and compare.png "
+                   "(default: %(default)s)")
+    p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True, help="draw compare.png (default: on)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="rows per forward pass (default: %(default)s)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("decontaminate", help="find benchmark items in a prepared folder's shards (and drop them)",
                        description="Find the benchmark items (of the tasks rain evaluates, read as for `rain eval`) "

@@ -23,13 +23,15 @@ UNIT_FIELDS = ("task", "n_shot", "limit", "evaluator")
 
 
 def item_record(task: TaskRequests, scores: dict[str, list[float]]) -> dict:
-    """One task's per-item scores (from score_tasks' per_item) with the items' ids and categories."""
+    """One task's per-item scores (from score_tasks' per_item) with the items' ids and categories; only the
+    metrics that score an item right or wrong (0 or 1) are kept."""
     categories: dict[str, list[str | None]] = {}
     for k, item in enumerate(task.items):
         for kind, value in item_categories(task.name, item.doc).items():
             categories.setdefault(kind, [None] * len(task.items))[k] = value
     return {"task": task.name, "n_shot": task.n_shot, "ids": [item_id(i.doc, i.index) for i in task.items],
-            "scores": {m: "".join("1" if v else "0" for v in values) for m, values in scores.items()},
+            "scores": {m: "".join("1" if v else "0" for v in values) for m, values in scores.items()
+                       if all(v in (0.0, 1.0) for v in values)},  # right/wrong metrics (not LAMBADA's log-likelihood)
             "categories": categories}
 
 
