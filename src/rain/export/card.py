@@ -60,6 +60,8 @@ def _pct(x) -> str:
 
 
 def _stage_kind(stage: Checkpoint) -> str:
+    if "dpo" in stage.state:
+        return f"preference tuning ({stage.state['dpo'].get('loss', 'dpo').upper()})"
     if "sft" in stage.state:
         return "supervised fine-tuning for chat"
     return "continued pretraining" if stage.parent else "pretraining from scratch"
@@ -76,6 +78,8 @@ def _data_lines(stage: Checkpoint) -> list[str]:
                 f"held-out conversations ({s['tokens']['train']:,} tokens, {s['trained_tokens_per_epoch']:,} trained "
                 f"per epoch; {masked}). Skipped as unusable: {skipped:,}; longer than the context: "
                 f"{s.get('dropped_too_long', 0):,} dropped, {s.get('truncated', 0):,} truncated.", ""]
+    if "dpo" in state:
+        return _preference_lines(state["dpo"])
     data_dir = stage.data_dir
     manifest = _read_json(Path(data_dir) / "manifest.json") if data_dir else {}
     data_name = Path(data_dir).name if data_dir else "not recorded"
@@ -91,6 +95,23 @@ def _data_lines(stage: Checkpoint) -> list[str]:
         lines.append(f"| {name} | {_pct(weights.get(name))} | {_pct(realised.get(name))} | {s.get('documents', 0):,} | "
                      f"{s.get('tokens', 0):,} |")
     return lines + [""]
+
+
+def _preference_lines(s: dict) -> list[str]:
+    pairs, skipped = s["pairs"], sum(s.get("skipped", {}).values())
+    files = ", ".join(f"`{Path(p).name}`" for p in s["data"])
+    against = ("no reference model" if s.get("reference") is None else
+               f"against the frozen reference {public_name(s['reference'])}")
+    return [f"Preference data: {files}: {pairs['train']:,} training and {pairs['val']:,} held-out pairs "
+            f"({s['tokens']['train']:,} tokens; loss on the compared reply only). Skipped: {skipped:,}. "
+            f"Objective: {s.get('loss', 'dpo').upper()}, beta {s.get('beta')}, {against}.", ""]
+
+
+def _alignment_limitation(chat: bool, preference_tuned: bool) -> str:
+    if preference_tuned:
+        return "- Little alignment: preference tuning on the pairs above only, no "
+    return ("- No alignment: " + ("beyond supervised fine-tuning on the chat data above, " if chat else "")
+            + "no preference tuning or ")
 
 
 def _stage_section(i: int, stage: Checkpoint | HFModel | MissingParent) -> list[str]:
@@ -197,8 +218,8 @@ def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: in
               f"- Small: {n_params:,} parameters trained on {tokens:,} tokens. It makes factual and arithmetic errors, "
               "loses track of long texts and can write fluent nonsense.",
               "- English-centred data: expect much worse results in other languages.",
-              "- No alignment: " + ("beyond supervised fine-tuning on the chat data above, " if chat else "")
-              + "no preference tuning or safety training. It can produce false, offensive or unsafe text and may follow "
+              _alignment_limitation(chat, any("dpo" in s.state for s in runs))
+              + "safety training. It can produce false, offensive or unsafe text and may follow "
               "harmful instructions.",
               "- It may reproduce biases of its training data and memorised training text verbatim.",
               f"- It reads at most {m.context} tokens of context.", "",

@@ -1,4 +1,5 @@
-"""`rain sft` (fine-tune a base checkpoint on conversations) and `rain chat` (talk to the result)."""
+"""`rain sft` (fine-tune a base checkpoint on conversations), `rain dpo` (tune it on preference pairs) and
+`rain chat` (talk to the result)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ def cmd_sft(args) -> None:
     run_sft(args.base, args.data, args.out, fmt=args.format, epochs=args.epochs, steps=args.steps, lr=args.lr,
             batch=args.batch, overflow=args.overflow, mask_prompt=not args.no_mask, val_fraction=args.val_fraction,
             overrides=args.set, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
+            time_limit=args.time_limit * 3600 if args.time_limit else None)
+
+
+def cmd_dpo(args) -> None:
+    from rain.posttrain.dpo import run_dpo
+
+    if args.epochs <= 0 or (args.steps is not None and args.steps <= 0) or args.batch <= 0:
+        raise RainError("--epochs, --steps and --batch must be positive")
+    run_dpo(args.run, args.data, args.out, fmt=args.format, loss=args.loss, beta=args.beta, gamma=args.gamma,
+            reference=args.reference, reference_logps=args.reference_logps, epochs=args.epochs, steps=args.steps,
+            lr=args.lr, batch=args.batch, val_fraction=args.val_fraction, overrides=args.set, resume=args.resume,
+            overwrite=args.overwrite, stop_after=args.stop_after,
             time_limit=args.time_limit * 3600 if args.time_limit else None)
 
 
@@ -133,6 +146,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_set_arg(p, help="override a config value of the run, e.g. --set train.eval_every=50 (repeatable)")
     add_run_args(p, time_limit=True)
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("dpo", help="tune a fine-tuned checkpoint on preference pairs (DPO, IPO, SimPO)", description=
+                       "Direct Preference Optimisation from RUN's weights (fresh optimizer and schedule) on prompt / "
+                       "chosen / rejected pairs, against RUN itself as the frozen reference (its log-probs computed "
+                       "once and kept in the run folder). Loss on the compared reply only; pairs packed per window. "
+                       "Held-out reward accuracy and margins go to metrics.jsonl. A base model without a chat "
+                       "template is accepted with a warning.")
+    p.add_argument("run", help="the checkpoint to tune: an SFT run folder (its last checkpoint) or a checkpoint folder")
+    p.add_argument("--data", nargs="+", required=True, help="preference files: jsonl/JSON with chosen/rejected (strings "
+                   "or message lists) and an optional prompt, or OpenAssistant trees (pairs from the replies' ranks)")
+    p.add_argument("--format", default="auto", choices=("auto", "pairs", "oasst"),
+                   help="the data format (default: detected per file)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--loss", default="dpo", choices=("dpo", "ipo", "simpo"), help="the objective (default: %(default)s; "
+                   "simpo uses no reference)")
+    p.add_argument("--beta", type=float, help="the loss's beta (default: 0.1 for dpo and ipo, 2.0 for simpo)")
+    p.add_argument("--gamma", type=float, default=0.5, help="SimPO's target reward margin (default: %(default)s)")
+    p.add_argument("--reference", help="the frozen reference checkpoint (default: RUN itself); same shape and tokenizer")
+    p.add_argument("--reference-logps", default="precompute", choices=("precompute", "online"), help="compute the "
+                   "reference's log-probs once before training (kept in OUT) or at every step (default: %(default)s)")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training pairs (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="optimizer steps (wins over --epochs)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: a tenth of RUN's)")
+    p.add_argument("--batch", type=int, default=16, help="windows per optimizer step (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="prompts held out, by hash (default: %(default)s)")
+    add_set_arg(p, help="override a config value of the run, e.g. --set train.eval_every=50 (repeatable)")
+    add_run_args(p, time_limit=True)
+    p.set_defaults(func=cmd_dpo)
 
     p = sub.add_parser("chat", help="chat with a fine-tuned checkpoint in the terminal", description=
                        "Multi-turn chat with streamed replies; the oldest turns are dropped when the context fills. "

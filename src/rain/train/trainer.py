@@ -303,12 +303,12 @@ class Trainer:
                 group["lr"] *= self.divergence.lr_factor()
         step_loss = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
-            x, y, doc = self.batches.next_batch()
+            batch = self.batches.next_batch()
             self.phase_done("data")
             sync = self.ranks.world == 1 or micro == self.grad_accum - 1
             with nullcontext() if sync else self.step_model.no_sync():
                 with self.autocast:
-                    loss = self.step_model(x, y, doc_ids=doc) / self.grad_accum
+                    loss = self.micro_loss(batch) / self.grad_accum
                 loss.backward()
             step_loss += loss.detach()
         self.phase_done("forward_backward")
@@ -327,6 +327,12 @@ class Trainer:
         self.step_count += 1
         self.divergence.step_taken()
         return StepStats(self.step_count, lr, grad_norm, loss_value, norm, skipped, stop_voted)
+
+    def micro_loss(self, batch: tuple) -> torch.Tensor:
+        """The mean loss of one micro-batch (on the device), through step_model: next-token cross-entropy here;
+        a stage with another objective (rain.posttrain.dpo) overrides it and its data's batches carry what it needs."""
+        x, y, doc = batch[:3]
+        return self.step_model(x, y, doc_ids=doc)
 
     def _read_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor, stop_vote: bool) -> tuple[float, float, bool]:
         """The step's loss and gradient norm on the host: the one wait for the GPU in a step, and one it needs,
