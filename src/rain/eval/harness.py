@@ -102,27 +102,16 @@ class RainLM(TemplateLM):
 
         Sampling options (do_sample, temperature) are ignored: generation is always greedy.
         """
-        from rain.model.generate import stream
+        from rain.eval.generative import greedy_until
 
         out = []
         for req in requests:
             context, gen_kwargs = req.args[0], dict(req.args[1] or {})
             until = gen_kwargs.get("until") or []
-            until = [u for u in ([until] if isinstance(until, str) else until) if u]
+            until = [until] if isinstance(until, str) else until
             max_gen = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-            max_gen = max(1, min(max_gen, self.max_length - 1))
-            ids = self.tok_encode(context) or [self.eot_token_id]
-            ids = ids[-(self.max_length - max_gen) :]  # room for the generation, as HFLM does
-            gen: list[int] = []
-            tokens = stream(self.model, ids, max_new_tokens=max_gen, temperature=0.0, stop_ids=(self.eot_token_id,),
-                            vocab_limit=self.rain_tokenizer.vocab_size)
-            for token in tokens:
-                gen.append(token)
-                if until and any(u in self.tok_decode(gen) for u in until):
-                    break
-            text = self.tok_decode(gen)
-            for u in until:  # cut at the first stop string, as HFLM does after generating
-                text = text.split(u)[0]
+            # rain's native generative tasks (rain.eval.generative) decode with this very function
+            text = greedy_until(self.model, self.rain_tokenizer, context, until, max_gen)
             self.cache_hook.add_partial("generate_until", (context, req.args[1]), text)
             out.append(text)
         return out
