@@ -3,6 +3,7 @@ rates, two tokenizers compared on the same text; and the model card's languages 
 (issue 15, items 3 and 4)."""
 
 import json
+import random
 
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
@@ -112,3 +113,28 @@ def test_report_on_a_prepared_folder_reads_its_held_out_documents(tiny_data, eng
     assert [t["name"] for t in result["tokenizers"]] == [f"A: {tiny_data.name}", "B: a.json"]
     own = result["tokenizers"][0]["rows"][-1]
     assert own["documents"] == sum(len(docs) for docs in texts.values())
+
+
+def test_model_card_lists_the_languages_the_data_measured(tmp_path):
+    from rain.checkpoint import Checkpoint
+    from rain.data.prepare import prepare
+    from rain.export.card import model_card
+    from tests.conftest import quick_config, tiny_run_config
+
+    rng = random.Random(0)  # distinct documents: a split is chosen by each document's hash
+    web = ([" ".join(rng.choices(ENGLISH, k=6)) for _ in range(30)] + [" ".join(rng.choices(KOREAN, k=6)) for _ in range(12)]
+           + ["Das ist ein kurzer deutscher Satz über den Fluss."])
+    (tmp_path / "web.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in web))
+    (tmp_path / "mix.toml").write_text('[[source]]\nname = "web"\nlocation = "web.jsonl"\nlanguages = ["en", "ko", "de"]\n')
+    data = tmp_path / "data"
+    prepare(quick_config(mixture=str(tmp_path / "mix.toml"), val_fraction=0.2), data, log=lambda *_: None)
+    # The checkpoint of a run on that data as state.json records it (training it would add seconds, not facts).
+    last = Checkpoint(tmp_path / "run/checkpoints/last", "last", tiny_run_config(data), step=1, tokens=256,
+                      data_dir=str(data), parent=None, chat_template=None, state={"step": 1, "tokens": 256})
+    card = model_card(last, 1000, 500, 512, "tiny-ko")
+    front = card.split("---")[1]
+    assert "language:\n- en\n- ko\n" in front and "- de" not in front  # German: under 1% of the characters
+    manifest = json.loads((data / "manifest.json").read_text())
+    chars = {code: c["chars"] for code, c in manifest["languages"]["web"]["train"].items()}
+    ko = chars["ko"] / sum(chars.values())
+    assert f"ko {100 * ko:.1f}%" in card and "English-centred" not in card

@@ -15,7 +15,7 @@ from rain import checkpoint as ckpt
 from rain.checkpoint import Checkpoint, HFModel, MissingParent
 from rain.eval.runner import read_results
 from rain.model.hf_weights import ARCHITECTURES, hf_model_type
-from rain.train.metrics import active_params
+from rain.train.metrics import active_params, format_bill
 
 
 def _read_json(path: Path) -> dict:
@@ -107,6 +107,47 @@ def _preference_lines(s: dict) -> list[str]:
             f"Objective: {s.get('loss', 'dpo').upper()}, beta {s.get('beta')}, {against}.", ""]
 
 
+# A language with less of the training text than this is not listed in the card's `language:` (langid gives short
+# or mixed documents stray codes; a few such documents do not make a model speak the language).
+LANGUAGE_MIN_SHARE = 0.01
+
+
+def measured_languages(stages: list) -> dict[str, float] | None:
+    """The training text's languages as `rain prepare` measured them (langid, characters of training documents
+    per language, every source that detected) over every stage with a prepared data folder, as shares, largest
+    first; None when no stage's data measured languages (langid missing, or data prepared before it)."""
+    chars: dict[str, int] = {}
+    measured = False
+    for stage in stages:
+        if not isinstance(stage, Checkpoint) or "sft" in stage.state or "dpo" in stage.state or not stage.data_dir:
+            continue
+        manifest = _read_json(Path(stage.data_dir) / "manifest.json")
+        for source in manifest.get("languages", {}).values():
+            measured = measured or bool(source.get("detected"))
+            for code, c in source.get("train", {}).items():
+                chars[code] = chars.get(code, 0) + c.get("chars", 0)
+    total = sum(chars.values())
+    if not measured or not total:
+        return None
+    return dict(sorted(((code, n / total) for code, n in chars.items()), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _languages_listed(shares: dict[str, float] | None) -> list[str]:
+    return [code for code, share in (shares or {}).items() if share >= LANGUAGE_MIN_SHARE]
+
+
+def _language_limitation(shares: dict[str, float] | None) -> str:
+    if shares is None:
+        return ("- Languages not measured: the training data's languages were not detected (`rain prepare` does with "
+                "langid, `pip install 'rain[lang]'`); expect much worse results in languages it saw little of.")
+    listed = ", ".join(f"{code} {_pct(share)}" for code, share in shares.items() if share >= LANGUAGE_MIN_SHARE)
+    rest = sum(share for share in shares.values() if share < LANGUAGE_MIN_SHARE)
+    n_rest = len(shares) - len(_languages_listed(shares))
+    other = f", {n_rest} other language{'s' if n_rest > 1 else ''} {_pct(rest)} together" if n_rest else ""
+    return (f"- Training text by language (characters of the documents whose language `rain prepare` detected with "
+            f"langid): {listed}{other}. Expect much worse results in other languages.")
+
+
 def _alignment_limitation(chat: bool, preference_tuned: bool) -> str:
     if preference_tuned:
         return "- Little alignment: preference tuning on the pairs above only, no "
@@ -132,6 +173,9 @@ def _stage_section(i: int, stage: Checkpoint | HFModel | MissingParent) -> list[
                  f"{stage.config.model.context} tokens, padding included), batch {train.batch_size}, peak learning "
                  f"rate {train.lr}, schedule {train.schedule}. Compute: {seconds / 3600:.2f} hours ({seconds:,.0f} s) "
                  f"on {state.get('hardware') or 'hardware not recorded (train.device = ' + str(train.device) + ')'}.")
+    bill = _read_json(_run_dir(stage.folder) / "run_summary.json").get("bill") if _run_dir(stage.folder) else None
+    if bill:  # the run's compute bill (rain.train.metrics.compute_bill), as its end-of-run summary gave it
+        lines.append(f"Compute bill of the run: {format_bill(bill)}.")
     if state.get("val_loss") is not None:
         bpb = f", {state['val_bpb']} bits per byte" if state.get("val_bpb") is not None else ""
         lines.append(f"Held-out loss at this checkpoint: {state['val_loss']}{bpb}.")
@@ -189,8 +233,11 @@ def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: in
     kind = "a chat model: a base model fine-tuned on conversations" if chat else "a base model (text completion only)"
     runs = [s for s in stages if isinstance(s, Checkpoint)]
     tokens = sum(s.tokens or 0 for s in runs)
+    languages = measured_languages(stages)
+    listed = _languages_listed(languages)
     lines = [
-        "---", "library_name: transformers", "pipeline_tag: text-generation", "language:", "- en",
+        "---", "library_name: transformers", "pipeline_tag: text-generation",
+        *(["language:", *(f"- {code}" for code in listed)] if listed else []),
         "tags:", "- rain", f"- {arch.removesuffix('ForCausalLM').lower()}", *(["- chat"] if chat else []), "---", "",
         f"# {name}", "",
         f"**What it is:** a small decoder-only language model with {n_params:,} parameters, trained with rain on "
@@ -217,7 +264,7 @@ def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: in
     lines += ["## Limitations", "",
               f"- Small: {n_params:,} parameters trained on {tokens:,} tokens. It makes factual and arithmetic errors, "
               "loses track of long texts and can write fluent nonsense.",
-              "- English-centred data: expect much worse results in other languages.",
+              _language_limitation(languages),
               _alignment_limitation(chat, any("dpo" in s.state for s in runs))
               + "safety training. It can produce false, offensive or unsafe text and may follow "
               "harmful instructions.",
