@@ -10,6 +10,7 @@ loaded without pickle:
                            the parent it started from (init_from), the chat template of an SFT model
     config.json            the resolved run config
     tokenizer.json         the tokenizer the model was trained with
+    pretokenize.json       only where the tokenizer pre-splits text in Python (Korean morphemes, rain.data.tokenizer)
 
 That is a full checkpoint, which a run resumes from (`last` always; `best` and `step_N` as train.keep_full says).
 A weights-only checkpoint has no optimizer.safetensors and a state.json without the records a resume reads
@@ -37,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from rain.config import ModelConfig, RunConfig, config_from_dict
-from rain.data.tokenizer import Tokenizer
+from rain.data.tokenizer import SIDECAR, Tokenizer, read_sidecar
 from rain.errors import RainError
 from rain.model.hf_weights import rain_model_config, rain_state_dict
 from rain.model.transformer import Transformer
@@ -246,6 +247,8 @@ def _save(folder: Path, tmp: Path, model, optimizer, state: dict, cfg: RunConfig
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     cfg.save(tmp / "config.json")
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    if (Path(tokenizer_path).with_name(SIDECAR)).is_file():  # the tokenizer is not whole without it
+        shutil.copyfile(Path(tokenizer_path).with_name(SIDECAR), tmp / SIDECAR)
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -689,7 +692,10 @@ def parent_weights(folder: Path, model_cfg, tokenizer_path: Path | None) -> tupl
 
 
 def same_tokenizer(a: Path, b: Path) -> bool:
-    """Two tokenizer.json files that encode alike: the same bytes, or the same JSON written differently."""
+    """Two tokenizer.json files that encode alike: the same bytes, or the same JSON written differently, and the
+    same pre-tokenisation in their sidecars (none, or Korean morphemes)."""
+    if read_sidecar(Path(a)) != read_sidecar(Path(b)):
+        return False
     x, y = Path(a).read_bytes(), Path(b).read_bytes()
     if x == y:
         return True

@@ -164,6 +164,15 @@ class DataConfig:
     dir: str = ""  # the prepared data folder (shards + manifest.json) that `rain train` reads
     paths: list[str] = field(default_factory=list)  # empty: the built-in corpus (see rain.data.builtin)
     tokenizer: str = "train"  # "train", or an existing tokenizer.json, or GPT-2's vocab.json (merges.txt beside it)
+    # A trained tokenizer (rain.data.tokenizer): its kind, "bytelevel-bpe" (GPT-2 style), "unigram"
+    # (SentencePiece-style) or "bpe-byte-fallback" (character BPE); the last two spell unknown characters as bytes.
+    tokenizer_kind: str = "bytelevel-bpe"
+    # "none", or "nfkc": compatibility characters are folded before tokenising ("\ufb01" -> "fi", full-width -> ASCII),
+    # so decode(encode(text)) gives the NFKC form of the text, not the text itself.
+    normalization: str = "none"
+    # "none"; "cjk-chars": every Han/Hiragana/Katakana character is its own pre-token; "korean-morphemes": text is cut
+    # at Korean morpheme boundaries (kiwipiepy: pip install 'rain[korean]') before training and every encode.
+    pretokenize: str = "none"
     val_fraction: float = 0.005  # share of documents held out for validation
     shard_tokens: int = 50_000_000
     max_docs: int = 0  # 0: all
@@ -480,6 +489,12 @@ def reweight_problems(cfg: RunConfig) -> list[str]:
     return problems
 
 
+# The tokenizer choices (rain.data.tokenizer explains each).
+TOKENIZER_KINDS = ("bytelevel-bpe", "unigram", "bpe-byte-fallback")
+NORMALIZATIONS = ("none", "nfkc")
+PRETOKENIZE = ("none", "korean-morphemes", "cjk-chars")
+
+
 def validate(cfg: RunConfig) -> None:
     m, t = cfg.model, cfg.train
     problems = range_problems(cfg)
@@ -530,6 +545,11 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.intermediate_dtype {t.intermediate_dtype!r} must be auto, bf16 or fp32")
     if not 0 <= t.checkpoint_layers <= m.n_layer:
         problems.append(f"train.checkpoint_layers ({t.checkpoint_layers}) must be between 0 and model.n_layer ({m.n_layer})")
+    d = cfg.data
+    for name, value, known in (("tokenizer_kind", d.tokenizer_kind, TOKENIZER_KINDS),
+                               ("normalization", d.normalization, NORMALIZATIONS), ("pretokenize", d.pretokenize, PRETOKENIZE)):
+        if value not in known:
+            problems.append(f"data.{name} {value!r} must be {', '.join(known[:-1])} or {known[-1]}")
     if t.gpu_max_temp and t.gpu_resume_temp and t.gpu_resume_temp >= t.gpu_max_temp:
         problems.append(f"train.gpu_resume_temp ({t.gpu_resume_temp}) must be below train.gpu_max_temp ({t.gpu_max_temp})")
     # The run's steps are known here unless they depend on the data (train.epochs); then the data checks them.

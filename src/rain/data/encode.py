@@ -126,18 +126,17 @@ def process(texts: list[str], job: Job) -> Processed:
     stat = os.stat(job.tokenizer)
     key = (job.tokenizer, stat.st_mtime_ns, stat.st_size)  # a new prepare in the same folder has a new file
     if key not in _tokenizers:
-        from tokenizers import Tokenizer
+        from rain.data.tokenizer import Tokenizer  # with the pre-tokenisation its sidecar records
 
         _tokenizers.clear()
         _tokenizers[key] = Tokenizer.from_file(job.tokenizer)
         # A document that quotes "<|endoftext|>" gets ordinary tokens: only the writer's own end-of-text
         # tokens mark document boundaries (which document masking relies on).
-        _tokenizers[key].encode_special_tokens = True
+        _tokenizers[key].hf.encode_special_tokens = True
     # Documents a filter removed are not encoded (their tokens are estimated in the report); duplicates are:
     # whether a document repeats an earlier one is only known in stream order, in the main process.
     kept = [i for i in range(n) if reasons[i] is None]
-    encodings = _tokenizers[key].encode_batch_fast([texts[i] for i in kept], add_special_tokens=False)
-    ids = [e.ids for e in encodings]
+    ids = _tokenizers[key].encode_batch([texts[i] for i in kept])
     lengths = np.zeros(n, dtype=np.int64)
     lengths[kept] = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     tokens = np.fromiter(chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))

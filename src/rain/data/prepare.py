@@ -19,14 +19,13 @@ from rain.data.encode import DocStream, Job, Pool
 from rain.data.mixture import Mixture, load_mixture, mixture_from_documents, mixture_from_paths
 from rain.data.sharding import STATE, ShardRun
 from rain.data.shards import MANIFEST, file_sha256
-from rain.files import write_atomic
 from rain.data.sources import resolve_files
-from rain.data.tokenizer import Tokenizer, load_tokenizer, train_bpe
+from rain.data.tokenizer import SIDECAR, Tokenizer, load_tokenizer, train_tokenizer
 from rain.errors import RainError
 
 # Only files prepare writes are ever deleted (an --out folder may hold other things).
 OUTPUT_FILE = re.compile(r"^\.?(train|val)_\d{6}\.(bin|idx\.npy)(\.partial)?$|^\.dedup_(hashes|minhash)\.bin$"
-                         r"|^(manifest\.json|tokenizer\.json|report\.md|report\.json|doc_lengths\.png|decontamination\.json)$"
+                         r"|^(manifest\.json|tokenizer\.json|pretokenize\.json|report\.md|report\.json|doc_lengths\.png|decontamination\.json)$"
                          r"|^\.prepare_state\.npz$")
 
 
@@ -56,7 +55,7 @@ def fingerprint(cfg: RunConfig, mixture: Mixture) -> str:
                 files[f"{source.name}:{loc.path}"] = [[str(p), p.stat().st_size] for p in resolve_files(source, loc, d.seed)]
     key = {"mixture": mixture.to_dict(), "files": files, "vocab_size": cfg.model.vocab_size,
            "data": {k: getattr(d, k) for k in ("tokenizer", "val_fraction", "shard_tokens", "max_docs", "seed", "tokenizer_sample_bytes",
-                                                 "max_doc_chars")}}
+                                                 "max_doc_chars", "tokenizer_kind", "normalization", "pretokenize")}}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -100,16 +99,32 @@ def obtain_tokenizer(cfg: RunConfig, mixture: Mixture, out: Path, pool: Pool, st
         if not path.is_file() or file_sha256(path) != state["tokenizer_sha256"]:
             raise RainError(f"{path}: differs from the interrupted run's; re-run with --overwrite")
         return Tokenizer.from_file(path)
-    if cfg.data.tokenizer == "train":
+    d = cfg.data
+    if d.tokenizer == "train":
         t0 = time.time()
-        tokenizer = train_bpe(sample_texts(mixture, cfg, pool), cfg.model.vocab_size)
-        log(f"trained a {tokenizer.vocab_size:,}-token BPE tokenizer in {time.time() - t0:.1f} s")
+        tokenizer = train_tokenizer(sample_texts(mixture, cfg, pool), cfg.model.vocab_size, d.tokenizer_kind,
+                                    d.normalization, d.pretokenize)
+        log(f"trained a {tokenizer.vocab_size:,}-token {d.tokenizer_kind} tokenizer in {time.time() - t0:.1f} s")
     else:
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
+        tokenizer = load_tokenizer(d.tokenizer)
+        check_given_tokenizer(tokenizer, cfg)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise RainError(f"tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size is {cfg.model.vocab_size}")
-    write_atomic(path, tokenizer.hf.to_str(pretty=True).encode())
+    tokenizer.save(path)  # with its sidecar (SIDECAR) when it pre-splits text
     return tokenizer
+
+
+def check_given_tokenizer(tokenizer: Tokenizer, cfg: RunConfig) -> None:
+    """An existing tokenizer (data.tokenizer = a file) brings its own kind and pre-tokenisation: settings for a
+    trained one that contradict it are refused rather than ignored."""
+    d = cfg.data
+    if d.tokenizer_kind != "bytelevel-bpe" and d.tokenizer_kind != tokenizer.kind:
+        raise RainError(f"data.tokenizer_kind = {d.tokenizer_kind!r} but {d.tokenizer} is {tokenizer.kind!r}: the "
+                        "kind applies to a trained tokenizer (data.tokenizer = \"train\"); drop the setting")
+    if d.pretokenize != "none" and d.pretokenize != tokenizer.pretokenize:
+        raise RainError(f"data.pretokenize = {d.pretokenize!r} but {d.tokenizer} was trained with pretokenize "
+                        f"{tokenizer.pretokenize!r} ({SIDECAR} beside it says which): drop the setting, or train one "
+                        "with data.tokenizer = \"train\"")
 
 
 def load_state(out: Path, key: str) -> tuple[dict, dict] | None:

@@ -129,6 +129,25 @@ def _looks_utf16(head: bytes) -> bool:
     return max(even, odd) > 0.3 * (len(head) // 2) and min(even, odd) < 0.1 * max(even, odd)
 
 
+# Pre-Unicode encodings of Korean, Chinese and Japanese text. Their byte ranges overlap (EUC-KR text often decodes
+# as GB18030 too), so a file that decodes in one is only said to be in "a legacy encoding such as" these.
+LEGACY_ENCODINGS = ("euc_kr", "gb18030", "shift_jis", "big5")
+
+
+def _legacy_hint(head: bytes, complete: bool) -> str:
+    """Advice for text in a legacy CJK encoding (rain reads UTF-8, or UTF-16/32 with a byte-order mark)."""
+    if _control_count(head) > MAX_CONTROL * len(head):
+        return ""
+    for encoding in LEGACY_ENCODINGS:
+        try:
+            codecs.getincrementaldecoder(encoding)().decode(head, final=complete)
+        except UnicodeDecodeError:
+            continue
+        return ("; it reads as text in a legacy encoding such as EUC-KR, GB18030, Shift_JIS or Big5: re-save it as "
+                "UTF-8 (iconv -f ENCODING -t UTF-8 FILE)")
+    return ""
+
+
 def binary_reason(head: bytes, complete: bool) -> str | None:
     """Why the first bytes of a file say it is not text, or None if they are text (a file with a byte-order
     mark is text in that encoding). `complete`: head is the whole file (if not, a character cut at its end is
@@ -141,7 +160,7 @@ def binary_reason(head: bytes, complete: bool) -> str | None:
     _replaced[0] = 0
     codecs.getincrementaldecoder("utf-8")("rain.count").decode(head, final=complete)
     if _replaced[0] > MAX_NOT_UTF8 * len(head):
-        return f"{_replaced[0] / len(head):.0%} of its first {len(head):,} bytes are not UTF-8"
+        return f"{_replaced[0] / len(head):.0%} of its first {len(head):,} bytes are not UTF-8{_legacy_hint(head, complete)}"
     control = _control_count(head)
     if control > MAX_CONTROL * len(head):
         return f"{control / len(head):.0%} of its first {len(head):,} bytes are control characters"

@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 
 from rain.checkpoint import save_tensors
 from rain.config import ModelConfig
-from rain.data.tokenizer import EOT, IM_END, IM_START, PAD, Tokenizer
+from rain.data.tokenizer import EOT, IM_END, IM_START, PAD, SIDECAR, UNK, Tokenizer
 from rain.errors import RainError
 from rain.model.hf_weights import DTYPE_NAMES, hf_config, hf_state_dict
 
@@ -22,7 +22,7 @@ from rain.model.hf_weights import DTYPE_NAMES, hf_config, hf_state_dict
 # What an export folder holds; a folder holding only these, with this mark in model.safetensors' header metadata
 # (invisible to transformers, travelling with the weights), is an earlier export that --overwrite may replace.
 EXPORT_NAMES = {"config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
-                "model.safetensors", "tokenizer.json", "README.md"}
+                "model.safetensors", "tokenizer.json", "README.md", SIDECAR}
 EXPORT_MARK = {"exported_by": "rain"}
 
 
@@ -76,7 +76,7 @@ def _tokenizer_files(tokenizer: Tokenizer, cfg: ModelConfig, chat_template: str 
         "bos_token": None,  # nothing is prepended: rain trains without a BOS token
         "eos_token": EOT,
         "pad_token": pad,
-        "unk_token": None,
+        "unk_token": UNK if tokenizer.unk_id is not None else None,  # Unigram's; byte fallback never produces it
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
