@@ -72,6 +72,8 @@ def test_export_reveals_no_local_path_but_names_parents_and_data(lineage, tiny_d
                  "| arc_easy | 0 | acc | 0.2700 |", "pretraining from scratch", "continued pretraining",
                  "supervised fine-tuning for chat"):
         assert fact in card, fact
+    bill = json.loads((lineage / "base/run_summary.json").read_text())["bill"]
+    assert f"Compute bill of the run: {bill['training_flops']:.3g} training FLOPs, {bill['gpu_hours']:.2f} GPU-hours" in card
 
 
 def test_export_of_a_relative_checkpoint_folder_still_names_its_run(lineage, tmp_path, capsys, monkeypatch):

@@ -21,7 +21,9 @@ def quiet(*_):
 
 def test_run_writes_records_and_checkpoints(tiny_data, tmp_path):
     run = tmp_path / "run"
-    summary = train(tiny_run_config(tiny_data), run, log=quiet)
+    cfg = tiny_run_config(tiny_data)
+    cfg.train.gpu_price_per_hour = 2.5
+    summary = train(cfg, run, log=quiet)
     assert summary["steps"] == 12 and summary["tokens_seen"] == 12 * 4 * 64
     assert summary["final_val_loss"] < summary["first_val_loss"]
     for name in ("config.json", "metrics.jsonl", "run_summary.json", "loss.png"):
@@ -35,6 +37,11 @@ def test_run_writes_records_and_checkpoints(tiny_data, tmp_path):
     train_records = [r for r in records if r["kind"] == "train"]
     assert {"loss", "lr", "grad_norm", "tokens_per_s", "flops_per_s"} <= set(train_records[0])
     assert [r["step"] for r in records if r["kind"] == "val"] == [0, 4, 8, 12]
+    # the compute bill: FLOPs of the tokens seen, GPU-hours of the wall time, their cost; no MFU on a CPU
+    bill = json.loads((run / "run_summary.json").read_text())["bill"]
+    assert bill["training_flops"] == summary["flops_per_token"] * summary["tokens_seen"]
+    assert bill["gpu_hours"] == pytest.approx(summary["wall_seconds"] / 3600, abs=1e-4)
+    assert bill["cost"] == round(bill["gpu_hours"] * 2.5, 2) and "mean_mfu" not in bill and bill["gpu"] is None
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):

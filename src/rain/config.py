@@ -120,6 +120,7 @@ class TrainConfig:
     # wait in their next all-reduce, so it stays well below the NCCL timeout (10 min).
     gpu_max_pause: float = 300.0
     gpu_power_limit: float = 0.0  # W: set the board's power limit at the start, where permitted (0: leave it)
+    gpu_price_per_hour: float = 0.0  # what one GPU-hour costs (any currency): the run summary's bill (0: no cost)
     # Which checkpoints keep the optimizer state a resume needs: "last" (always), "last,best" or "all" (every step_N
     # too, as before: ~3x the disk of weights only with AdamW). The others hold weights only, for eval, export, sample
     # and --init-from.
@@ -377,6 +378,7 @@ RANGES = {
     "train.max_rollbacks": "[0, inf)", "train.early_stop_patience": "[0, inf)", "train.early_stop_min_delta": "[0, inf)",
     "train.gpu_max_temp": "[0, 150]", "train.gpu_resume_temp": "[0, 150]", "train.gpu_max_power": "[0, inf)",
     "train.gpu_check_every": "[1, inf)", "train.gpu_max_pause": "(0, inf)", "train.gpu_power_limit": "[0, inf)",
+    "train.gpu_price_per_hour": "[0, inf)",
     "data.val_fraction": "[0, 0.5)", "data.shard_tokens": "[1, inf)", "data.max_docs": "[0, inf)",
     "data.seed": f"[0, {2**32 - 1}]", "data.workers": "[0, inf)", "data.tokenizer_sample_bytes": "[1, inf)",
     "data.max_doc_chars": "[0, inf)",

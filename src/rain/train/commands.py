@@ -229,8 +229,67 @@ def cmd_bench(args) -> None:
     print(json.dumps(report) if args.json else format_report(args.preset, report))
 
 
+def cmd_plan(args) -> None:
+    from rain.train.gpus import Gpu, gpu_named
+    from rain.train.plan import format_plan, make_plan, write_config
+
+    if args.peak_tflops or args.memory_gb:
+        if not (args.peak_tflops and args.memory_gb and args.peak_tflops > 0 and args.memory_gb > 0):
+            raise RainError("--peak-tflops and --memory-gb go together, both positive (a GPU not in the table)")
+        gpu = Gpu(args.gpu or "custom", args.gpu or "custom GPU", args.memory_gb, args.peak_tflops, 0, "given")
+    elif args.gpu:
+        gpu = gpu_named(args.gpu)
+    else:
+        raise RainError("rain plan needs --gpu NAME (or --peak-tflops and --memory-gb)")
+    if args.tokens is not None and args.params is not None:
+        raise RainError("give --tokens or --params, not both: the budget fixes the other")
+    for name in ("tokens", "params", "vocab", "context"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise RainError(f"--{name} {getattr(args, name)}: give a positive number")
+    plan = make_plan(gpu, args.hours, preset=args.preset, family=args.shape, tokens=args.tokens, params=args.params,
+                     tokens_per_param=args.tokens_per_param, vocab=args.vocab, context=args.context, mfu=args.mfu)
+    print(format_plan(plan))
+    if args.write:
+        print(f"wrote {write_config(plan, args.write)} (rain train --config {args.write})")
+
+
+def _count(text: str) -> int:
+    """10B, 124M, 2e9 or 2000000000 as an int (argparse type)."""
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}.get(text[-1:].upper(), 1)
+    try:
+        return int(float(text[:-1] if scale != 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a count such as 2000000000, 2e9, 2B or 124M") from None
+
+
+def register_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="from a GPU and hours to a model size, tokens, micro-batch and ETA", description=
+                       "Plan a run before training: the compute budget (peak bf16 x MFU x hours), the Chinchilla-"
+                       "optimal size for it, a rain shape with its exact parameter count, the micro-batch that fits "
+                       "the GPU, steps, checkpoint disk and the ETA. Pure arithmetic: no data, no GPU.")
+    p.add_argument("--gpu", help="a GPU of rain's table (h200, h100-sxm, h100-pcie, a100-80gb, a100-40gb, l40s, l4, "
+                   "a10, rtx-5090, rtx-4090, rtx-4080, rtx-3090, rtx-3080), or a name for --peak-tflops")
+    p.add_argument("--hours", type=float, required=True, help="GPU hours to spend")
+    p.add_argument("--tokens", type=_count, help="train on this many tokens (the model is sized to the budget)")
+    p.add_argument("--params", type=_count, help="a model of about this many parameters (tokens follow)")
+    p.add_argument("--tokens-per-param", type=float, default=20, help="without --tokens/--params: the ratio to size "
+                   "the model for (default: Chinchilla's %(default)s; more is smaller and cheaper to serve)")
+    p.add_argument("--preset", default="rain-v2", help="preset for vocab, context, batch and training settings "
+                   "(default: %(default)s)")
+    p.add_argument("--shape", choices=("deep", "gpt2"), default="deep", help="deep and narrow like rain-v2 "
+                   "(16 dims a layer) or GPT-2-like (64 dims a layer) (default: %(default)s)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's)")
+    p.add_argument("--context", type=int, help="context length (default: the preset's)")
+    p.add_argument("--mfu", type=float, help="MFU to assume (default: rain's measured one for this GPU, else 0.40)")
+    p.add_argument("--peak-tflops", type=float, help="bf16 dense peak of a GPU not in the table")
+    p.add_argument("--memory-gb", type=float, help="memory of a GPU not in the table")
+    p.add_argument("--write", help="write the planned run as a preset TOML here")
+    p.set_defaults(func=cmd_plan)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     register_train(sub)
+    register_plan(sub)
     p = sub.add_parser("bench", help="training-step speed vs transformers' model of the same shape", description=
                        "Time rain's training step on synthetic tokens (warm-up excluded): tokens/s, MFU (6N + 12·L·d·T "
                        "FLOPs per token against the GPU's bf16 dense peak), the step split (data, forward+backward, "

@@ -11,9 +11,7 @@ import torch
 from rain.config import ModelConfig, RunConfig
 from rain.errors import RainError
 from rain.files import read_jsonl, write_atomic
-
-# bf16 dense peak FLOP/s by device-name fragment (the MFU denominator).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "4090": 165.2e12, "3090": 71e12}
+from rain.train.gpus import Gpu, gpu_for_device
 
 
 def active_params(cfg: ModelConfig, n_params: int) -> int:
@@ -29,11 +27,15 @@ def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
     return 6 * matmul_params + 12 * cfg.n_layer * cfg.d_model * cfg.context
 
 
+def gpu_of(device: torch.device) -> Gpu | None:
+    """The GPU table's entry (rain.train.gpus) for a CUDA device; None on a CPU or an unknown GPU."""
+    return gpu_for_device(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
 def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    """The MFU denominator: the device's bf16 dense peak FLOP/s from rain.train.gpus, None where unknown."""
+    gpu = gpu_of(device)
+    return gpu.peak_flops if gpu else None
 
 
 class MetricsLog:
@@ -166,3 +168,38 @@ def tokens_axis(ax) -> None:
 
     ax.set_xlabel("tokens seen")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_tokens(int(v)) if v >= 0 else ""))
+
+
+def compute_bill(flops_per_token: float, tokens: int, wall_seconds: float, world: int, records: list[dict],
+                 gpu: Gpu | None, price_per_gpu_hour: float = 0.0) -> dict:
+    """What a run cost: total training FLOPs (FLOPs per token x tokens seen), GPU-hours (wall time x processes),
+    the mean of the logged MFU where the GPU is in the table, and with a price the cost; with NVML power readings
+    in the records (rain.train.gpu_guard), the energy at their mean draw over the wall time, per GPU."""
+    trains = [r for r in records if r.get("kind") == "train"]
+    gpu_hours = wall_seconds / 3600 * world
+    bill = {"training_flops": float(flops_per_token * tokens), "gpu_hours": round(gpu_hours, 4),
+            "gpu": gpu.label if gpu else None, "gpus": world}
+    mfus = [r["mfu"] for r in trains if "mfu" in r]
+    if mfus:
+        bill["mean_mfu"] = round(sum(mfus) / len(mfus), 4)
+    if price_per_gpu_hour:
+        bill["price_per_gpu_hour"] = price_per_gpu_hour
+        bill["cost"] = round(gpu_hours * price_per_gpu_hour, 2)
+    watts = [r["gpu_power_w"] for r in trains if "gpu_power_w" in r]
+    if watts:
+        bill["mean_power_w"] = round(sum(watts) / len(watts), 1)
+        bill["energy_kwh"] = round(bill["mean_power_w"] * gpu_hours / 1000, 3)
+    return bill
+
+
+def format_bill(bill: dict) -> str:
+    """One line for the end-of-run summary and the model card."""
+    parts = [f"{bill['training_flops']:.3g} training FLOPs", f"{bill['gpu_hours']:.2f} GPU-hours"
+             + (f" on {bill['gpus']} x {bill['gpu']}" if bill.get("gpu") else "")]
+    if "mean_mfu" in bill:
+        parts.append(f"mean MFU {bill['mean_mfu']:.1%}")
+    if "cost" in bill:
+        parts.append(f"cost {bill['cost']:,.2f} at {bill['price_per_gpu_hour']:g} a GPU-hour")
+    if "energy_kwh" in bill:
+        parts.append(f"{bill['energy_kwh']:.3g} kWh at a mean {bill['mean_power_w']:g} W per GPU (NVML)")
+    return ", ".join(parts)

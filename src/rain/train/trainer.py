@@ -38,7 +38,8 @@ from rain.runtime import Ranks, autocast_for, computes_bf16, enable_tf32, pick_d
 from rain import checkpoint as ckpt
 from rain.train.batches import PretrainData, TrainData
 from rain.train.gpu_guard import GpuGuard
-from rain.train.metrics import (MetricsLog, active_params, flops_per_token, peak_flops, plot_losses, read_metrics,
+from rain.train.metrics import (MetricsLog, active_params, compute_bill, flops_per_token, format_bill, gpu_of,
+                                peak_flops, plot_losses, read_metrics,
                                 truncate_after)
 from rain.train.long_run import Deadline, DivergenceGuard, EarlyStopping, ends_epoch, epoch_windows, epochs_done, run_steps
 from rain.train.optim import build_optimizer, set_lr, warmup_steps
@@ -821,6 +822,9 @@ def summarize(trainer: Trainer, records: list[dict]) -> dict:
         "checkpoint_bytes_projected": trainer.disk_plan.total,  # what the run's plan said they would, at its end
         **trainer.data.describe(), **trainer.lineage,
         **source_windows(trainer.batches.state_dict()),
+        "bill": compute_bill(trainer.flops_per_token, trainer.step_count * trainer.tokens_per_step,
+                             trainer.wall_seconds(), trainer.ranks.world, records, gpu_of(trainer.device),
+                             cfg.train.gpu_price_per_hour),
     }
 
 
@@ -856,4 +860,6 @@ def format_summary(s: dict) -> str:
         lines.append(f"  windows by source: {drawn} (of {n:,})")
     if s.get("checkpoint_bytes") is not None:
         lines.append(f"  checkpoints {ckpt.format_size(s['checkpoint_bytes'])} on disk ({s['checkpoint_bytes']:,} bytes)")
+    if s.get("bill"):
+        lines.append(f"  compute bill {format_bill(s['bill'])}")
     return "\n".join(lines)
