@@ -31,9 +31,10 @@ def _analyser():
         require_analyser()
         from kiwipiepy import Kiwi
 
-        # Only the cuts are used, never Kiwi's corrected forms: the typo and multi-word dictionaries add nothing
-        # to them and double the load time (1.3 s instead of 3.0 s measured on the 2-core dev machine).
-        _kiwi = Kiwi(load_typo_dict=False, load_multi_dict=False)
+        # Without the typo and multi-word dictionaries the load takes 1.3 s instead of 3.0 s (2-core dev machine)
+        # and the morpheme starts were the same on all 756 paragraphs of benchmarks/korean_morphemes.py. One
+        # thread: prepare already runs one process per core.
+        _kiwi = Kiwi(num_workers=1, load_typo_dict=False, load_multi_dict=False)
     return _kiwi
 
 
