@@ -197,3 +197,20 @@ def test_byte_tokens_are_ordinary_vocabulary_not_special_tokens(tokenizers):
     assert None not in ids and len(set(ids)) == 256
     assert tok.decode(ids[0xE9:0xEA] + tok.encode(" ok"), skip_special=True) == "\ufffd ok"  # kept, not skipped
     assert np.array_equal(sorted(tok.byte_fallback_ids), sorted(ids))
+
+
+def test_chat_turns_and_special_tokens_survive_the_morpheme_split(tokenizers):
+    from rain.posttrain.chat import encode_chat, render_text
+
+    tok = tokenizers["bytelevel-bpe", "korean-morphemes"]
+    assert morphemes.split_morphemes("학교<|im_end|>에") == ["학교", "<|im_end|>", "에"]
+    messages = [{"role": "user", "content": KOREAN[0]}, {"role": "assistant", "content": KOREAN[1]}]
+    ids, mask, turn_ends = encode_chat(tok, messages)
+    assert ids == tok.encode(render_text(messages))  # morpheme-split like pretraining text
+    assert ids.count(tok.token_id("<|im_start|>")) == 2 and len(turn_ends) == 2
+    trained = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert trained == KOREAN[1] + "<|im_end|>"  # exactly the assistant's content and its closing token
+    text = KOREAN[2]
+    ids, offsets = tok.encode_with_offsets(text)
+    cuts = set(np.cumsum([0] + [len(p) for p in morphemes.split_morphemes(text)])[:-1].tolist())
+    assert cuts <= {s for s, _ in offsets} and max(e for _, e in offsets) == len(text)

@@ -7,6 +7,7 @@ and decoding stays exact. Kiwi is not expressible in tokenizer.json: a tokenizer
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 
 from rain.errors import RainError
@@ -51,8 +52,22 @@ def morpheme_cuts(text: str) -> list[int]:
     return sorted(c for c in cuts if c < len(text))
 
 
+# rain's special tokens (<|endoftext|>, <|im_start|>...) stay whole pieces, so the tokenizer still finds them.
+SPECIAL = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+
+
 def split_morphemes(text: str) -> list[str]:
-    """The text as consecutive pieces, none crossing a morpheme boundary; "".join(pieces) == text."""
+    """The text as consecutive pieces, none crossing a morpheme boundary and none cutting a <|...|> special-token
+    string; "".join(pieces) == text."""
+    pieces, at = [], 0
+    for special in SPECIAL.finditer(text):
+        pieces += _split(text[at: special.start()])
+        pieces.append(special.group())
+        at = special.end()
+    return pieces + _split(text[at:])
+
+
+def _split(text: str) -> list[str]:
     if not text:
         return []
     cuts = morpheme_cuts(text) + [len(text)]

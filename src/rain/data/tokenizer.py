@@ -22,6 +22,7 @@ cannot express), recorded in the sidecar file SIDECAR beside tokenizer.json."""
 from __future__ import annotations
 
 import json
+from itertools import accumulate
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -128,6 +129,16 @@ class Tokenizer:
         if pieces is None:
             return self.hf.encode(text, add_special_tokens=False).ids
         return self.hf.encode(pieces, is_pretokenized=True, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and each token's (start, end) character offsets in text; special-token strings count as specials."""
+        pieces = self.pieces(text)
+        if pieces is None:
+            enc = self.hf.encode(text, add_special_tokens=False)
+            return enc.ids, enc.offsets
+        enc = self.hf.encode(pieces, is_pretokenized=True, add_special_tokens=False)
+        starts = [0, *accumulate(map(len, pieces))]  # pre-split offsets are within each piece
+        return enc.ids, [(starts[w] + s, starts[w] + e) for (s, e), w in zip(enc.offsets, enc.word_ids)]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self.pretokenize == "korean-morphemes":

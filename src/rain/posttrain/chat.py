@@ -71,21 +71,21 @@ def encode_chat(tokenizer: Tokenizer, messages: list[Message]) -> tuple[list[int
         if m["role"] == "assistant":
             spans.append((start, len(text) - 1))  # content + <|im_end|>, not the trailing newline
         turn_end_chars.append(len(text))
-    enc = tokenizer.hf.encode(text, add_special_tokens=False)
+    ids, offsets = tokenizer.encode_with_offsets(text)  # with the tokenizer's own pre-splitting (Korean morphemes)
     # A token is trained on when it overlaps an assistant span (offsets are in characters). Only content that
     # starts with whitespace + newline can merge with the header's newline into one token, which is then trained.
     mask, k = [], 0
-    for s, e in enc.offsets:
+    for s, e in offsets:
         while k < len(spans) and spans[k][1] <= s:
             k += 1
         mask.append(int(k < len(spans) and e > spans[k][0]))
-    ends = [e for _, e in enc.offsets]
+    ends = [e for _, e in offsets]
     turn_ends, i = [], 0
     for char_end in turn_end_chars:
         while i < len(ends) and ends[i] <= char_end:
             i += 1
         turn_ends.append(i)
-    return enc.ids, mask, turn_ends
+    return ids, mask, turn_ends
 
 
 def encode_prompt(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
