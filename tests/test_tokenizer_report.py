@@ -63,6 +63,19 @@ def test_documents_split_by_detected_language_and_source(english_bpe):
     ko, en = (r for r in tr.rows(m) if r["group"] == "language" and r["name"] in ("ko", "en"))
     assert ko["bytes_per_token"] < en["bytes_per_token"]  # an English vocabulary: Korean costs a token a byte
     assert tr.figures(m.by_language["ko"], "ja")["unit"] == "char"  # no spaces between words: per character
+    japanese = "猫がマットの上に座った。"  # 12 characters
+    source = tr.rows(tr.measure(english_bpe, "A", {"ja-notes": [("ja", japanese)]}))[0]
+    assert source["unit"] == "char" and source["tokens_per_unit"] == source["tokens"] / 12
+
+
+def test_report_md_lists_the_largest_languages_and_sums_the_rest(english_bpe):
+    documents = {"mixed": [(f"l{i}", "word " * (i + 1)) for i in range(12)]}
+    m = tr.measure(english_bpe, "A", documents)
+    shown = [r["name"] for r in tr._shown(tr.rows(m)) if r["group"] == "language"]
+    assert shown == [f"l{i}" for i in range(11, 3, -1)] + ["other (4 languages)"]
+    md = tr.markdown({"text": "t", "language_id": "langid", "tokenizers": [{**m.tokenizer, "rows": tr.rows(m)}]})
+    other = m.by_language["l0"].tokens + m.by_language["l1"].tokens + m.by_language["l2"].tokens + m.by_language["l3"].tokens
+    assert f"| language | other (4 languages) | 4 | {5 * (1 + 2 + 3 + 4)} | {other} |" in md
 
 
 def test_byte_fallback_and_unknown_rates():
@@ -131,7 +144,7 @@ def test_model_card_lists_the_languages_the_data_measured(tmp_path):
     # The checkpoint of a run on that data as state.json records it (training it would add seconds, not facts).
     last = Checkpoint(tmp_path / "run/checkpoints/last", "last", tiny_run_config(data), step=1, tokens=256,
                       data_dir=str(data), parent=None, chat_template=None, state={"step": 1, "tokens": 256})
-    card = model_card(last, 1000, 500, 512, "tiny-ko")
+    card = model_card(last, 1000, 500, Tokenizer.from_file(data / "tokenizer.json"), "tiny-ko")
     front = card.split("---")[1]
     assert "language:\n- en\n- ko\n" in front and "- de" not in front  # German: under 1% of the characters
     manifest = json.loads((data / "manifest.json").read_text())

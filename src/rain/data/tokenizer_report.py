@@ -25,6 +25,7 @@ from rain.files import write_atomic, write_json_atomic
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo"})
 BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 PREPARED_DOCUMENTS = 200  # per source, from the held-out split of a prepared folder
+LANGUAGES_LISTED = 8  # language rows in report.md, by bytes; the rest are one "other" row (report.json has all)
 UNKNOWN_LANGUAGE = "?"
 
 
@@ -51,6 +52,7 @@ class Measured:
     total: Counts = field(default_factory=Counts)
     by_source: dict[str, Counts] = field(default_factory=dict)
     by_language: dict[str, Counts] = field(default_factory=dict)
+    source_languages: dict[str, dict[str, int]] = field(default_factory=dict)  # bytes per language per source
 
 
 def describe(tokenizer: Tokenizer, name: str) -> dict:
@@ -89,6 +91,8 @@ def measure(tokenizer: Tokenizer, name: str, documents: dict[str, list[tuple[str
     for source, docs in documents.items():
         for language, text in docs:
             c = count_document(tokenizer, text, m.tokenizer)
+            shares = m.source_languages.setdefault(source, {})
+            shares[language] = shares.get(language, 0) + c.bytes
             for group in (m.by_source.setdefault(source, Counts()), m.by_language.setdefault(language, Counts()), m.total):
                 group.add(c)
     return m
@@ -116,10 +120,17 @@ def figures(c: Counts, language: str | None = None) -> dict:
 
 def rows(m: Measured) -> list[dict]:
     """Table rows: every source, every language (largest first), then the total."""
-    out = [{"group": "source", "name": s, **figures(c)} for s, c in m.by_source.items()]
+    out = [{"group": "source", "name": s, **figures(c, main_language(m.source_languages.get(s, {})))}
+           for s, c in m.by_source.items()]
     out += [{"group": "language", "name": lang, **figures(c, lang)}
             for lang, c in sorted(m.by_language.items(), key=lambda kv: (-kv[1].bytes, kv[0]))]
     return out + [{"group": "total", "name": "all", **figures(m.total)}]
+
+
+def main_language(bytes_by_language: dict[str, int]) -> str | None:
+    """A source's language with the most bytes: its rows count words, or characters where that language is
+    written without spaces."""
+    return max(bytes_by_language, key=bytes_by_language.get) if bytes_by_language else None
 
 
 def compare(a: Measured, b: Measured) -> list[dict]:
@@ -222,6 +233,25 @@ def _name(spec: str, i: int) -> str:
     return f"{'AB'[i]}: {shown}"
 
 
+def _shown(rows: list[dict]) -> list[dict]:
+    """The rows report.md lists: every source, the LANGUAGES_LISTED languages with the most bytes (rows come
+    largest first) and the rest summed in one row, the total. Short or mixed documents (code, lists) draw stray
+    language codes from langid."""
+    languages = [r for r in rows if r["group"] == "language"]
+    if len(languages) <= LANGUAGES_LISTED + 1:
+        return rows
+    rest = languages[LANGUAGES_LISTED:]
+    other = {"group": "language", "name": f"other ({len(rest)} languages)"}
+    if "token_ratio" in rest[0]:  # comparison rows
+        a, b = sum(r["tokens_a"] for r in rest), sum(r["tokens_b"] for r in rest)
+        other.update(tokens_a=a, tokens_b=b, token_ratio=b / a if a else None)
+    else:
+        other.update({k: sum(r[k] for r in rest) for k in ("documents", "bytes", "tokens")}, unit="word",
+                     tokens_per_unit=None, byte_fallback_rate=None, unknown_rate=None)
+        other["bytes_per_token"] = other["bytes"] / other["tokens"] if other["tokens"] else None
+    return [r for r in rows if r["group"] == "source"] + languages[:LANGUAGES_LISTED] + [other, rows[-1]]
+
+
 def _num(x, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -240,7 +270,7 @@ def markdown(r: dict) -> str:
         lines += [f"## {t['name']} ({kind}, {t['vocab_size']:,} tokens)", "",
                   "| by | name | documents | bytes | tokens | bytes/token | tokens/unit | unit | byte fallback | unknown |",
                   "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
-        for row in t["rows"]:
+        for row in _shown(t["rows"]):
             lines.append(f"| {row['group']} | {row['name']} | {row['documents']:,} | {row['bytes']:,} | {row['tokens']:,} | "
                          f"{_num(row['bytes_per_token'], '.3f')} | {_num(row['tokens_per_unit'], '.3f')} | {row['unit']} | "
                          f"{_num(row['byte_fallback_rate'], '.2%')} | {_num(row['unknown_rate'], '.2%')} |")
@@ -249,7 +279,7 @@ def markdown(r: dict) -> str:
         a, b = (t["name"] for t in r["tokenizers"])
         lines += ["## Comparison", "", f"B's tokens over A's on the same text (below 1: {b} needs fewer tokens than {a}).",
                   "", "| by | name | tokens A | tokens B | B / A |", "|---|---|---:|---:|---:|"]
-        for row in r["comparison"]:
+        for row in _shown(r["comparison"]):
             lines.append(f"| {row['group']} | {row['name']} | {row['tokens_a']:,} | {row['tokens_b']:,} | "
                          f"{_num(row['token_ratio'], '.3f')} |")
         lines.append("")
