@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rain import checkpoint as ckpt
 from rain.checkpoint import Checkpoint, HFModel, MissingParent
+from rain.data.tokenizer import Tokenizer
 from rain.eval.runner import read_results
 from rain.model.hf_weights import ARCHITECTURES, hf_model_type
 from rain.train.metrics import active_params, format_bill
@@ -220,7 +221,27 @@ def _eval_section(checkpoint: Checkpoint) -> list[str]:
     return lines + [""]
 
 
-def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: int, tokenizer_size: int,
+TOKENIZER_KINDS = {"bytelevel-bpe": "byte-level BPE", "unigram": "Unigram (SentencePiece-style, byte fallback)",
+                   "bpe-byte-fallback": "BPE with byte fallback (SentencePiece-style)"}
+
+
+def _tokenizer_name(tokenizer: Tokenizer) -> str:
+    pre = {"korean-morphemes": ", over Korean morphemes (kiwipiepy)", "cjk-chars": ", CJK characters kept whole"}
+    return TOKENIZER_KINDS.get(tokenizer.kind, tokenizer.kind) + pre.get(tokenizer.pretokenize, "")
+
+
+def _encode_lines(tokenizer: Tokenizer, text: str) -> list[str]:
+    """The card's code that turns a prompt into ids: plain, or (a Korean-morpheme tokenizer, whose analyser has no
+    `tokenizers` equivalent) through rain's morpheme split first, which gives exactly rain's ids."""
+    if tokenizer.pretokenize != "korean-morphemes":
+        return [f'ids = tokenizer("{text}", return_tensors="pt").input_ids']
+    return ["# The tokenizer was trained on Korean morphemes: split text with rain's analyser (pip install 'rain[korean]',",
+            "# kiwipiepy) and pass the pieces as words, or the ids differ from training's.",
+            "from rain.data.morphemes import split_morphemes",
+            f'ids = tokenizer(split_morphemes("{text}"), is_split_into_words=True, return_tensors="pt").input_ids']
+
+
+def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: int, tokenizer: Tokenizer,
                name: str) -> str:
     m = checkpoint.config.model
     arch = ARCHITECTURES[hf_model_type(m)]
@@ -254,7 +275,7 @@ def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: in
         (f"| MLP | {m.n_experts} SwiGLU experts of size {m.d_expert}, each token routed to {m.experts_per_token} "
          f"({active_params(m, n_params):,} parameters used per token) |" if m.n_experts else f"| MLP size | {m.d_ff} |"),
         f"| context | {m.context} tokens |",
-        f"| vocabulary | {m.vocab_size:,} ({tokenizer_size:,} used by the byte-level BPE tokenizer) |",
+        f"| vocabulary | {m.vocab_size:,} ({tokenizer.vocab_size:,} used by the {_tokenizer_name(tokenizer)} tokenizer) |",
         f"| RoPE theta | {m.rope_theta:g} |", f"| tied embeddings | {'yes' if m.tie_embeddings else 'no'} |",
         "", "## Training", "",
     ]
@@ -280,7 +301,7 @@ def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: in
                   "out = model.generate(ids, max_new_tokens=100)  # stops at <|im_end|>",
                   "print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))"]
     else:
-        lines += ['ids = tokenizer("The river", return_tensors="pt").input_ids',
+        lines += [*_encode_lines(tokenizer, "The river"),
                   "print(tokenizer.decode(model.generate(ids, max_new_tokens=50, do_sample=True)[0]))"]
     lines += ["```", ""]
     if chat:

@@ -29,7 +29,7 @@ def cmd_export(args) -> None:
     model, cfg = ckpt.load_model(checkpoint, "cpu")
     tokenizer = ckpt.tokenizer(checkpoint)
     dtype = getattr(torch, args.dtype)
-    card = model_card(checkpoint, model.num_params(), model.num_params(non_embedding=True), tokenizer.vocab_size,
+    card = model_card(checkpoint, model.num_params(), model.num_params(non_embedding=True), tokenizer,
                       out.name)
     state = {k: v.to(dtype) for k, v in model.state_dict().items()}
     export_hf(cfg.model, state, tokenizer, out, chat_template=template, card=card, overwrite=args.overwrite)
