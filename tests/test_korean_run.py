@@ -47,7 +47,7 @@ location = "ko_web.jsonl"
 """
 
 
-def test_a_korean_run_prepares_trains_samples_and_exports_to_transformers(tmp_path):
+def test_a_korean_run_prepares_trains_samples_and_exports_to_transformers(tmp_path, capsys):
     cfg = tiny_run_config(max_steps=6, eval_every=3, checkpoints=0)
     cfg.model = small_model_config(context=64)
     cfg.data.tokenizer_kind, cfg.data.normalization, cfg.data.pretokenize = "unigram", "nfkc", "korean-morphemes"
@@ -72,6 +72,7 @@ def test_a_korean_run_prepares_trains_samples_and_exports_to_transformers(tmp_pa
 
     export = tmp_path / "export"
     assert rain(["export", str(tmp_path / "run"), str(export), "--format", "hf"]) == 0
+    assert "is_split_into_words=True" in capsys.readouterr().out
     hf_tok = transformers.AutoTokenizer.from_pretrained(export)
     pieces = morphemes.split_morphemes(text)
     ids = hf_tok(pieces, is_split_into_words=True, add_special_tokens=False)["input_ids"]

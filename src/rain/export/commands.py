@@ -36,6 +36,9 @@ def cmd_export(args) -> None:
     kind = "chat model (with its chat template)" if template else "base model"
     print(f"exported {folder} as a {kind}, {model.num_params():,} parameters in {args.dtype}, to {out}/ "
           f"(README.md is its model card; upload with `rain publish {out} --repo NAME`)")
+    if tokenizer.pretokenize == "korean-morphemes":
+        print("note: its tokenizer was trained on Korean morphemes, which transformers cannot split: users call "
+              "tokenizer(rain.data.morphemes.split_morphemes(text), is_split_into_words=True) (the card shows how)")
 
 
 def check_apart(out: Path, source: Path) -> None:
