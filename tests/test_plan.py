@@ -125,6 +125,8 @@ def test_a_gpu_outside_the_table_plans_from_its_figures(capsys):
                  "--params", "50M"]) == 0
     out = capsys.readouterr().out
     assert "100e12 FLOP/s x 40% MFU x 7,200 s = 2.88e+17 FLOPs" in out
+    assert main(["plan", "--gpu", "l4", "--hours", "1", "--tokens", "1T", "--preset", "tiny"]) == 0
+    assert "take " in capsys.readouterr().out  # more tokens than the hours buy: said, with the real ETA
 
 
 def test_the_bill_counts_cost_and_energy_from_the_records():

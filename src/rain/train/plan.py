@@ -210,6 +210,8 @@ def format_plan(p: Plan) -> str:
     lines += [f"  checkpoints  {format_size(p.checkpoint_bytes)} on disk when the run ends",
               (f"  ETA          {p.eta_hours:.1f} h at {p.mfu:.0%} MFU "
               f"({p.gpu.peak_flops * p.mfu / p.flops_per_token:,.0f} tokens/s)")]
+    if p.eta_hours > p.hours * 1.01:  # --tokens asked for more than the budget buys even the smallest model
+        lines.append(f"  note         {p.tokens:,} tokens take {p.eta_hours / p.hours:.1f}x the {p.hours:g} h given")
     return "\n".join(lines)
 
 
