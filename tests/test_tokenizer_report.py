@@ -151,3 +151,14 @@ def test_model_card_lists_the_languages_the_data_measured(tmp_path):
     chars = {code: c["chars"] for code, c in manifest["languages"]["web"]["train"].items()}
     ko = chars["ko"] / sum(chars.values())
     assert f"ko {100 * ko:.1f}%" in card and "English-centred" not in card
+
+
+@pytest.mark.parametrize("kind", ["bpe-byte-fallback", "unigram"])
+def test_trained_byte_fallback_kinds_spell_unseen_korean_in_bytes(kind):
+    from rain.data.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(ENGLISH * 20, 400, kind=kind)
+    m = tr.measure(tok, "A", {"ko": [("ko", KOREAN[0])]})
+    ids = tok.encode(KOREAN[0])
+    assert m.total.byte_fallback == sum(i in tok.byte_fallback_ids for i in ids) > 0
+    assert m.total.unknown == 0 and m.tokenizer["byte_fallback"]  # byte fallback never needs the unknown token
