@@ -4,7 +4,9 @@ One table for MFU in the training records (rain.train.metrics.peak_flops), `rain
 Peaks are dense bf16 tensor FLOP/s (no 2:4 sparsity) with fp32 accumulate, which is what bf16 autocast training
 runs. Datacenter parts run bf16 with fp32 accumulate at full rate; GeForce cards at half their fp16-accumulate
 rate, and their whitepapers list both (the RTX 4090's 165.2 TFLOPS is the fp32-accumulate figure, 330.3 the fp16).
-Power is the board's maximum (TDP / TGP) from the same source."""
+Power is the board's maximum (TDP / TGP) from the same source. On the RTX 5090, bf16 matmuls with fp32 accumulate
+have been measured above its 209.5 TFLOPS spec (a tensor-core microbenchmark near 370, torch.matmul ~224 at one
+shape: main-horse.github.io/posts/5090-mm-perf), so an MFU figure there can exceed what the spec suggests."""
 
 from __future__ import annotations
 
