@@ -40,6 +40,11 @@ class ModelConfig:
     expert_d_ff: int = 0  # an expert's hidden width (0: d_ff)
     capacity_factor: float = 1.25  # training: tokens an expert takes, x its fair share (0: dropless, slower)
     router_aux_coef: float = 0.01  # weight of the load-balancing loss in training
+    # DeepSeek-style options (rain.model.moe); the defaults are Qwen3-MoE's routing.
+    n_shared_experts: int = 0  # SwiGLU experts of width d_expert that every token uses, added to the routed output
+    router_score: str = "softmax"  # "softmax" over all experts, or "sigmoid" per expert (DeepSeek-V3)
+    router_bias_rate: float = 0.0  # > 0: auxiliary-loss-free balancing, a per-expert bias moved by this each step
+    router_z_coef: float = 0.0  # weight of the router z-loss (ST-MoE): mean squared logsumexp of router logits
 
     @property
     def dim_head(self) -> int:
@@ -369,6 +374,7 @@ def config_from_dict(raw: dict[str, Any], origin: str = "config.json") -> RunCon
 RANGES = {
     "model.head_dim": "[0, inf)", "model.rope_theta": "(0, inf)", "model.norm_eps": "(0, 1)",
     "model.init_std": "(0, inf)", "model.capacity_factor": "[0, inf)", "model.router_aux_coef": "[0, inf)",
+    "model.n_shared_experts": "[0, inf)", "model.router_bias_rate": "[0, inf)", "model.router_z_coef": "[0, inf)",
     "train.total_tokens": "[0, inf)", "train.max_steps": "[0, inf)", "train.lr": "(0, inf)",
     "train.min_lr": "[0, inf)", "train.decay_frac": "[0, 1]", "train.weight_decay": "[0, inf)",
     "train.beta1": "[0, 1)", "train.beta2": "[0, 1)", "train.eps": "(0, inf)", "train.grad_clip": "[0, inf)",
@@ -513,6 +519,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append("model.n_experts, expert_d_ff, capacity_factor and router_aux_coef must be >= 0")
     elif m.n_experts and not 1 <= m.experts_per_token <= m.n_experts:
         problems.append(f"model.experts_per_token ({m.experts_per_token}) must be between 1 and model.n_experts ({m.n_experts})")
+    if m.router_score not in ("softmax", "sigmoid"):
+        problems.append(f"model.router_score must be 'softmax' or 'sigmoid', not {m.router_score!r}")
     if t.micro_batch <= 0 or t.batch_size <= 0:
         problems.append("train.batch_size and train.micro_batch must be positive")
     elif t.batch_size % t.micro_batch:

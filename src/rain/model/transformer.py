@@ -285,7 +285,7 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue
-            residual = name.endswith(("attn.o.weight", "mlp.down.weight", "mlp.down"))
+            residual = name.endswith(("attn.o.weight", "mlp.down.weight", "mlp.down", "mlp.shared.down.weight"))
             scale = 1 / math.sqrt(2 * self.cfg.n_layer) if residual else 1
             nn.init.normal_(p, mean=0.0, std=std * scale)
         for m in self.modules():
@@ -299,7 +299,7 @@ class Transformer(nn.Module):
         return n
 
     def blocks(self, x, cos, sin, mask=None, cache: KVCache | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x (B, T, d) through every block -> (hidden states, each MoE layer's load-balancing loss)."""
+        """x (B, T, d) through every block -> (hidden states, each MoE layer's (load-balancing loss, z-loss or None))."""
         aux = []
         for i, layer in enumerate(self.layers):
             if i < self.checkpoint_layers and self.training and cache is None and torch.is_grad_enabled():
@@ -357,7 +357,10 @@ class Transformer(nn.Module):
         if per_token:
             return loss.view(B, T)
         if aux and self.training and self.cfg.router_aux_coef:
-            balance = torch.stack(aux).mean()
+            balance = torch.stack([balance for balance, _ in aux]).mean()
             # Adds zero: the logged loss stays the cross-entropy, the gradient gets coef * d(balance).
             loss = loss + self.cfg.router_aux_coef * (balance - balance.detach())
+        if aux and self.training and self.cfg.router_z_coef:
+            z = torch.stack([z for _, z in aux]).mean()  # the router z-loss, added the same way
+            loss = loss + self.cfg.router_z_coef * (z - z.detach())
         return loss

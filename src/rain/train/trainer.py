@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rain.config import RunConfig, TrainConfig
 from rain.errors import RainError
 from rain.files import FolderLock, write_json_atomic
-from rain.model.moe import router_stats
+from rain.model.moe import router_stats, update_router_bias
 from rain.model.transformer import Transformer
 from rain.progress import progress
 from rain.runtime import Ranks, autocast_for, computes_bf16, enable_tf32, pick_device
@@ -319,6 +319,7 @@ class Trainer:
         skipped = not (math.isfinite(loss_value) and math.isfinite(norm))
         if not skipped:
             self.optimizer.step()
+            update_router_bias(self.model, dist.all_reduce if self.ranks.world > 1 else None)
             self.loss_sum += step_loss
             self.window_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
