@@ -62,8 +62,10 @@ def cmd_tokenizer_report(args) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="corpus -> BPE tokenizer + token shards", description=
-                       "Read text, train a byte-level BPE tokenizer and write uint16/uint32 token shards plus a held-out "
-                       "validation split and manifest.json into --out. With no --data, the built-in corpus is used.")
+                       "Read text, train a tokenizer (byte-level BPE by default; --set data.tokenizer_kind=unigram or "
+                       "bpe-byte-fallback, data.normalization=nfkc, data.pretokenize=cjk-chars or korean-morphemes) and "
+                       "write uint16/uint32 token shards plus a held-out validation split and manifest.json into --out. "
+                       "With no --data, the built-in corpus is used.")
     add_config_args(p)
     p.add_argument("--data", nargs="+", help=(
         "files, folders (read recursively, e.g. a code repository) or globs: text files of any name (.txt, .md, "

@@ -11,8 +11,11 @@ Kinds (data.tokenizer_kind):
                      byte fallback.
 Every kind decodes to exactly the text it encoded, after the normalisation it was trained with
 (data.normalization = "nfkc" folds compatibility characters: "ﬁ" -> "fi", full-width "Ａ" -> "A"; that
-is the only change). Words keep their leading space as in English BPE; no kind adds a space at the start of a
-text, so languages written without spaces are not given one.
+is the only change). Words keep their leading space (byte-level BPE: GPT-2's word/number/punctuation regex;
+the other two: split at spaces only, as SentencePiece does); no kind adds a space at the start of a text, so
+languages written without spaces are not given one. All three are trained with `tokenizers`: the sentencepiece
+library's Unigram gave no better bytes per token on Korean, Japanese or Chinese (docs/performance.md), and one
+tokenizer.json is what transformers loads.
 
 Pre-tokenisation (data.pretokenize): "cjk-chars" makes every Han, Hiragana and Katakana character its own
 pre-token (tokens never join two of them: the vocabulary holds characters, not byte pieces or phrases);
@@ -52,11 +55,20 @@ SPLIT_PATTERN = (
 )
 
 
+# SentencePiece-style kinds split at spaces only: a word keeps one leading space (SentencePiece's "▁") and may
+# join letters, digits and punctuation; a run of spaces gives its last space to the word after it.
+# On held-out Korean, Japanese, Chinese, English and Python text it gave 1-14% more bytes per token than
+# SPLIT_PATTERN for both kinds (docs/performance.md, "Tokenizer kinds: pre-tokeniser and library").
+SPACE_SPLIT = r" ?[^ ]+| +(?= )| +$"
+
+
 def _pre_tokenizer(kind: str = "bytelevel-bpe", pretokenize: str = "none"):
     steps = [pre_tokenizers.Split(Regex(CJK_CHAR), behavior="isolated")] if pretokenize == "cjk-chars" else []
-    steps.append(pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"))
     if kind == "bytelevel-bpe":
+        steps.append(pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"))
         steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+    else:
+        steps.append(pre_tokenizers.Split(Regex(SPACE_SPLIT), behavior="isolated"))
     return pre_tokenizers.Sequence(steps)
 
 
@@ -248,8 +260,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "byteleve
         hf = HFTokenizer(models.Unigram() if kind == "unigram" else models.BPE(byte_fallback=True))
         hf.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
         if kind == "unigram":
+            # The characters that spell "<0x41>" are always pieces, so literal text like that is never read as
+            # a byte token (an unknown character there would make the byte piece the cheaper path).
             trainer = trainers.UnigramTrainer(vocab_size=budget, special_tokens=[UNK, *special_tokens], unk_token=UNK,
-                                              show_progress=False)
+                                              initial_alphabet=list("<>x0123456789ABCDEF"), show_progress=False)
         else:
             # The most frequent characters form the alphabet (at most half the budget, for a Chinese corpus's
             # thousands of rare ones); the rest are spelled in byte tokens.
