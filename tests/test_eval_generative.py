@@ -153,3 +153,17 @@ def test_gsm8k_missing_train_is_a_clear_error(tmp_path):
     assert gsm8k_items(tmp_path, shots=0)[0].context == "Question: 1+1?\nAnswer:"
     with pytest.raises(RainError, match="train.jsonl: file not found"):
         gsm8k_items(tmp_path, shots=5)
+
+
+def test_task_names_point_the_way():
+    from rain.eval.generative import evaluate_generative
+    from rain.eval.tasks import get_task
+
+    with pytest.raises(RainError, match="gsm8k is a generative task.*evaluate_generative.*arc_easy"):
+        get_task("gsm8k")
+    with pytest.raises(RainError, match="unknown eval task 'mbpp'.*lambada_openai.*generative: gsm8k, humaneval"):
+        get_task("mbpp")
+    with pytest.raises(RainError, match="unknown generative task 'mbpp'.*gsm8k, humaneval"):
+        evaluate_generative(None, None, "mbpp", EVAL)
+    with pytest.raises(RainError, match="off by default"):  # refused before any model or file is touched
+        evaluate_generative(None, None, "humaneval", "/nonexistent")

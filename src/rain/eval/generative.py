@@ -26,6 +26,7 @@ from rain.eval.sandbox import require_code_execution, run_program
 from rain.eval.tasks import (
     FEWSHOT_DELIMITER,
     FEWSHOT_SEED,
+    GENERATIVE_TASK_NAMES,
     TARGET_DELIMITER,
     FewshotSampler,
     _file_not_found,
@@ -44,7 +45,7 @@ GSM8K_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")  # exact_match's regexes_to_i
 HUMANEVAL_UNTIL = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 HUMANEVAL_MAX_GEN_TOKS = 1024
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default when a task sets none (gsm8k)
-GENERATIVE_TASKS = ("gsm8k", "humaneval")
+GENERATIVE_TASKS = GENERATIVE_TASK_NAMES
 
 
 @dataclass
@@ -177,3 +178,34 @@ def humaneval_scores(completions: Sequence[str], items: Sequence[GenItem], allow
     require_code_execution(allow_code_execution)
     return [1.0 if run_program(humaneval_program(it, c), timeout=timeout).passed else 0.0
             for c, it in zip(completions, items)]
+
+
+# ----------------------------------------------------------------------------- whole tasks
+
+
+def evaluate_generative(model, tokenizer, name: str, data_dir: str | Path, shots: int | None = None,
+                        limit: float | None = None, max_gen_toks: int | None = None,
+                        allow_code_execution: bool = False, seed: int = FEWSHOT_SEED) -> list[dict]:
+    """Rows shaped like multiple_choice.evaluate's: gsm8k gives exact_match under each filter (metric
+    "exact_match,strict-match" / "exact_match,flexible-extract", lm-eval's result keys), humaneval pass@1.
+
+    shots: gsm8k's default is the yaml's 5; humaneval is 0-shot only. max_gen_toks overrides the task's."""
+    from rain.eval.multiple_choice import mean_stderr
+
+    if name not in GENERATIVE_TASKS:
+        raise RainError(f"unknown generative task {name!r}: choose from {', '.join(GENERATIVE_TASKS)}")
+    if name == "humaneval":
+        require_code_execution(allow_code_execution)  # before any generating
+        if shots:
+            raise RainError("humaneval is 0-shot (lm-eval's num_fewshot: 0)")
+        items, source = humaneval_items(data_dir, limit), None
+    else:
+        shots = GSM8K_SHOTS if shots is None else shots
+        items, source = gsm8k_items(data_dir, shots, limit, seed), ("train" if shots else None)
+    completions = generate(model, tokenizer, items, max_gen_toks)
+    if name == "humaneval":
+        per_metric = {"pass@1": humaneval_scores(completions, items, allow_code_execution=True)}
+    else:
+        per_metric = {f"exact_match,{f}": v for f, v in gsm8k_scores(completions, items).items()}
+    return [{"task": name, "n_shot": shots or 0, "metric": m, "value": sum(v) / len(v), "stderr": mean_stderr(v),
+             "items": len(v), "fewshot_source": source} for m, v in per_metric.items()]

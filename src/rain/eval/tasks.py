@@ -292,9 +292,17 @@ TASKS: dict[str, TaskSpec] = {
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
+# Scored by generating text (rain.eval.generative), not by these loglikelihood requests.
+GENERATIVE_TASK_NAMES: tuple[str, ...] = ("gsm8k", "humaneval")
+
+
 def get_task(name: str) -> TaskSpec:
+    if name in GENERATIVE_TASK_NAMES:
+        raise RainError(f"{name} is a generative task: run it with rain.eval.generative.evaluate_generative; "
+                        f"the loglikelihood tasks are {', '.join(TASK_NAMES)}")
     if name not in TASKS:
-        raise RainError(f"unknown eval task {name!r}: choose from {', '.join(TASK_NAMES)}")
+        raise RainError(f"unknown eval task {name!r}: choose from {', '.join(TASK_NAMES)} "
+                        f"(generative: {', '.join(GENERATIVE_TASK_NAMES)})")
     return TASKS[name]
 
 
