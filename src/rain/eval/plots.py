@@ -14,7 +14,8 @@ from rain.train.metrics import human_tokens, tokens_axis
 
 TABLE_FILE, PLOT_FILE = "trends.md", "trends.png"
 # Chance accuracy: 4 choices for ARC (mostly) and HellaSwag, 2 for PIQA and WinoGrande.
-RANDOM_BASELINE = {"arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "piqa": 0.5, "winogrande": 0.5}
+RANDOM_BASELINE = {"arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "piqa": 0.5, "winogrande": 0.5,
+                   "openbookqa": 0.25, "boolq": 0.5}  # lambada_openai's acc (greedy last word) has no chance level
 # A panel's y-axis label by metric; series of one task in different units get separate panels.
 UNITS = {"acc": "accuracy", "acc_norm": "accuracy", "loss": "loss (nats/token)", "bpb": "bits per byte"}
 
