@@ -313,7 +313,8 @@ EVAL_DATA_LAYOUT = (
     "hellaswag/*.arrow + state.json (a datasets save_to_disk folder), arc/ARC-Easy-test.jsonl + ARC-Easy-train.jsonl "
     "(ARC-Challenge-* likewise), piqa/valid.jsonl + valid-labels.lst, winogrande/dev.jsonl + train_l.jsonl "
     "(or train_xl.jsonl), openbookqa/openbook_qa_test_mosaic.jsonl + validation_hf/*.arrow, "
-    "boolq/validation_hf/*.arrow, lambada_openai/lambada_test.jsonl"
+    "boolq/validation_hf/*.arrow, lambada_openai/lambada_test.jsonl; generative: gsm8k/test.jsonl + train.jsonl, "
+    "humaneval/HumanEval.jsonl.gz"
 )
 
 
