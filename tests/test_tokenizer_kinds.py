@@ -133,6 +133,11 @@ def test_the_morpheme_setting_travels_with_tokenizer_json(tokenizers, tmp_path):
     assert load_tokenizer(korean).pretokenize == "korean-morphemes"
     with pytest.raises(RainError, match="must be tokenised with the parent's tokenizer"):
         ckpt.check_same_tokenizer(korean / "tokenizer.json", plain / "tokenizer.json")
+    # tokenizers saved side by side in one folder keep their own settings
+    tokenizers["bytelevel-bpe", "korean-morphemes"].save(tmp_path / "ko.json")
+    tokenizers["bytelevel-bpe", "none"].save(tmp_path / "plain.json")
+    assert (Tokenizer.from_file(tmp_path / "ko.json").pretokenize, Tokenizer.from_file(tmp_path / "plain.json").pretokenize) \
+        == ("korean-morphemes", "none") and (tmp_path / "ko.pretokenize.json").is_file()
     # a checkpoint keeps it
     cfg = quick_config()
     cfg.model = small_model_config(vocab_size=768)

@@ -38,7 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from rain.config import ModelConfig, RunConfig, config_from_dict
-from rain.data.tokenizer import SIDECAR, Tokenizer, read_sidecar
+from rain.data.tokenizer import SIDECAR, Tokenizer, read_sidecar, sidecar_path
 from rain.errors import RainError
 from rain.model.hf_weights import rain_model_config, rain_state_dict
 from rain.model.transformer import Transformer
@@ -247,8 +247,8 @@ def _save(folder: Path, tmp: Path, model, optimizer, state: dict, cfg: RunConfig
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     cfg.save(tmp / "config.json")
     shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-    if (Path(tokenizer_path).with_name(SIDECAR)).is_file():  # the tokenizer is not whole without it
-        shutil.copyfile(Path(tokenizer_path).with_name(SIDECAR), tmp / SIDECAR)
+    if sidecar_path(tokenizer_path).is_file():  # the tokenizer is not whole without it
+        shutil.copyfile(sidecar_path(tokenizer_path), tmp / SIDECAR)
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

@@ -165,7 +165,7 @@ class Tokenizer:
         """tokenizer.json at path, and the sidecar beside it when rain pre-splits text (a stale one is removed)."""
         path = Path(path)
         write_atomic(path, self.hf.to_str(pretty=True).encode())
-        sidecar = path.with_name(SIDECAR)
+        sidecar = sidecar_path(path)
         if self.pretokenize == "korean-morphemes":
             write_atomic(sidecar, (json.dumps(sidecar_content(self.pretokenize), indent=2) + "\n").encode())
         else:
@@ -185,9 +185,16 @@ def sidecar_content(pretokenize: str) -> dict:
                     "rain.data.morphemes.split_morphemes(text) with is_split_into_words=True for the same ids"}
 
 
+def sidecar_path(tokenizer_json: str | Path) -> Path:
+    """SIDECAR beside tokenizer.json; NAME.pretokenize.json beside any other NAME.json, so tokenizers saved side by
+    side in one folder keep their own settings."""
+    path = Path(tokenizer_json)
+    return path.with_name(SIDECAR if path.name == "tokenizer.json" else f"{path.stem}.{SIDECAR}")
+
+
 def read_sidecar(tokenizer_json: Path) -> str:
     """The pre-tokenisation recorded beside a tokenizer.json ("none" without a sidecar)."""
-    sidecar = Path(tokenizer_json).with_name(SIDECAR)
+    sidecar = sidecar_path(tokenizer_json)
     if not sidecar.is_file():
         return "none"
     try:
