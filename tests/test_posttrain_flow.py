@@ -153,7 +153,7 @@ def test_base_to_chat_model_to_transformers(tiny_data, tmp_path, capsys, monkeyp
     n_params = sum(p.numel() for p in hf.parameters())
     assert f"{n_params:,} parameters" in card and n_params == model.num_params()
     for fact in ("pretraining from scratch", "continued pretraining", "supervised fine-tuning for chat", "| math |",
-                 "| c4 |", "| gsm8k |", f"`{chat_data.name}`", "Not evaluated", "English-centred", "No alignment",
+                 "| c4 |", "| gsm8k |", f"`{chat_data.name}`", "Not evaluated", "Languages not measured", "No alignment",
                  "memorised", f"{state['tokens']:,} tokens seen"):
         assert fact in card, fact
     (tmp_path / "sft/eval").mkdir()
