@@ -11,15 +11,16 @@ import unicodedata
 import numpy as np
 import pytest
 
-from tests.conftest import decoded_documents, quick_config, small_model_config
 from rain import checkpoint as ckpt
 from rain.data import morphemes
 from rain.data.encode import Job, process
 from rain.data.filters import FilterConfig
+from rain.data.mixture import mixture_from_dict
 from rain.data.prepare import prepare
 from rain.data.sources import Location, Source, read_records
 from rain.data.tokenizer import BYTE_TOKENS, KINDS, SIDECAR, Tokenizer, load_tokenizer, train_tokenizer
 from rain.errors import RainError
+from tests.conftest import decoded_documents, quick_config, small_model_config
 
 ENGLISH = ["The committee postponed its decision until the budget figures were released on Friday.",
            "It wasn't the first time she'd crossed the river at night, but it was the coldest."]
@@ -194,6 +195,11 @@ def test_text_in_a_legacy_encoding_is_skipped_and_named_with_what_to_do(tmp_path
     where = next(r.where for r in records if r.issue)
     assert where.startswith(f"{tmp_path / 'news_euckr.txt'} (") and "\n" not in where
     assert "not UTF-8; it reads as text in a legacy encoding such as EUC-KR" in where and "re-save it as UTF-8" in where
+    # ... or read as what it is, once the source says so
+    legacy = Source("s", [Location(str(tmp_path / "news_euckr.txt"))], split="line", encoding="euc-kr")
+    assert [r.text for r in read_records(legacy, seed=0)] == KOREAN * 5
+    with pytest.raises(RainError, match="source ko: encoding 'euc-xx' is not a codec"):
+        mixture_from_dict({"source": [{"name": "ko", "location": str(tmp_path), "encoding": "euc-xx"}]}, "m.toml")
 
 
 def test_byte_tokens_are_ordinary_vocabulary_not_special_tokens(tokenizers):

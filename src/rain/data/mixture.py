@@ -24,11 +24,14 @@ A mixture TOML (see data/rain-v2.toml):
     kind = "prose"            # prose | code | math (quality filters, and [filters] languages, apply to prose)
     location = "hf://HuggingFaceFW/fineweb-edu?name=sample-10BT"   # or a path, folder, glob, or a list
     text = "text"             # field name, or a template like "{question}\\n\\n{answer}"
+    encoding = ""             # text files in a legacy encoding ("euc-kr", "gb18030", "shift_jis"): recoded to
+                              # UTF-8 as read; "": UTF-8 (UTF-16/32 with a byte-order mark are recognised)
 
 Relative paths in a mixture file are relative to the file's folder."""
 
 from __future__ import annotations
 
+import codecs
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -42,7 +45,7 @@ from rain.errors import RainError
 
 PRESET_DIR = Path(__file__).resolve().parents[3] / "data"
 EXHAUSTED = ("stop", "upsample")
-SOURCE_KEYS = {"name", "weight", "kind", "location", "text", "glob", "exclude", "split", "note"}
+SOURCE_KEYS = {"name", "weight", "kind", "location", "text", "glob", "exclude", "split", "note", "encoding"}
 SOURCE_FILTER_KEYS = {"min_chars", "max_chars", "quality", "languages", "exact_dedup", "near_dedup"}
 
 
@@ -67,6 +70,7 @@ class Mixture:
     def to_dict(self) -> dict:
         sources = [{"name": s.name, "weight": s.weight, "kind": s.kind, "split": s.split, "glob": s.glob,
                     "exclude": s.exclude, "filters": s.filters, "locations": [asdict(loc) for loc in s.locations],
+                    **({"encoding": s.encoding} if s.encoding else {}),
                     **({"documents": "in-memory"} if s.documents is not None else {})} for s in self.sources]
         # Whether (and by which langid) documents get a language changes what the filters keep, so a resumed
         # prepare must not switch it: this dict is part of the resume fingerprint.
@@ -136,7 +140,13 @@ def _source(entry: dict, origin: str, base: Path, hf_mirror: str) -> Source:
     weight = entry.get("weight")
     if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool)):
         raise RainError(f"mixture {origin}: source {name}: weight must be a number")
-    return Source(name=name, locations=locations, kind=entry.get("kind", "prose"),
+    encoding = entry.get("encoding", "")
+    try:
+        encoding = codecs.lookup(encoding).name if encoding else ""
+    except (LookupError, TypeError):
+        raise RainError(f"mixture {origin}: source {name}: encoding {encoding!r} is not a codec Python knows "
+                        "(e.g. \"euc-kr\", \"gb18030\", \"shift_jis\", \"big5\")") from None
+    return Source(name=name, locations=locations, kind=entry.get("kind", "prose"), encoding=encoding,
                   weight=None if weight is None else float(weight), glob=entry.get("glob", ""),
                   exclude=list(entry.get("exclude", [])), split=entry.get("split", "file"), note=entry.get("note", ""),
                   filters={k: entry[k] for k in SOURCE_FILTER_KEYS if k in entry}, hf_mirror=hf_mirror)

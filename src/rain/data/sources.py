@@ -284,12 +284,14 @@ def _read_parquet(source: Source, key: tuple[int, int], path: Path, field: TextF
         raise RainError(f"{path}: row {row}: unreadable parquet data ({exc}); it may be truncated, re-download it") from None
 
 
-def _text_blocks(f: BinaryIO) -> tuple[Iterator[bytes] | None, str | None]:
-    """A text file's bytes as UTF-8 (a UTF-8 byte-order mark dropped; UTF-16/UTF-32 recoded), in blocks, or
-    None and why the file is not text, judged by its first bytes."""
+def _text_blocks(f: BinaryIO, encoding: str = "") -> tuple[Iterator[bytes] | None, str | None]:
+    """A text file's bytes as UTF-8 (a UTF-8 byte-order mark dropped; UTF-16/UTF-32 or the source's configured
+    encoding recoded), in blocks, or None and why the file is not text, judged by its first bytes."""
     head = f.read(BINARY_PROBE)
     complete = len(head) < BINARY_PROBE
     rest = iter(()) if complete else _blocks(f)  # (a read of BLOCK bytes costs an allocation that size)
+    if encoding:
+        return recode_to_utf8(chain([head], rest), encoding), None
     bom = bom_encoding(head)
     if bom is None:
         reason = binary_reason(head, complete)
@@ -354,7 +356,7 @@ def _read_text(source: Source, key: tuple[int, int], path: Path, skip: int, max_
     if source.split == "file" and skip:
         return
     with _open_bytes(path) as f:
-        blocks, reason = _text_blocks(f)
+        blocks, reason = _text_blocks(f, source.encoding)
         if reason:
             if skip == 0:
                 yield Record((*key, 0, 0), None, "binary", 0, f"{path} ({reason})")
@@ -406,14 +408,16 @@ def _read_tar(source: Source, key: tuple[int, int], path: Path, skip: int, max_c
                 if not member.isfile() or not chosen or _excluded(name, source.exclude):
                     continue
                 if index >= skip:
-                    yield from _read_member(tar.extractfile(member), (*key, index), f"{path}:{name}", max_chars)
+                    yield from _read_member(tar.extractfile(member), (*key, index), f"{path}:{name}", max_chars,
+                                            source.encoding)
                 index += 1
     except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
         raise RainError(f"{path}: truncated or corrupt archive after {index} files ({exc}); re-download it") from None
 
 
-def _read_member(f: BinaryIO, pos: tuple[int, int, int], where: str, max_chars: int) -> Iterator[Record]:
-    blocks, reason = _text_blocks(f)
+def _read_member(f: BinaryIO, pos: tuple[int, int, int], where: str, max_chars: int,
+                 encoding: str = "") -> Iterator[Record]:
+    blocks, reason = _text_blocks(f, encoding)
     if reason:
         yield Record((*pos, 0), None, "binary", 0, f"{where} ({reason})")
     else:

@@ -45,6 +45,7 @@ class Source:
     filters: dict = field(default_factory=dict)  # per-source overrides of the mixture's [filters]
     documents: Callable[[], Iterable[tuple[str, str]]] | None = None  # in-memory (label, text) records
     hf_mirror: str = ""
+    encoding: str = ""  # text files (.txt/.md/.rst/.py, archive members) in a legacy encoding, e.g. "euc-kr"; "": UTF-8
 
 
 class Record(NamedTuple):
@@ -111,7 +112,8 @@ codecs.register_error("rain.escape", _escape_bytes)
 
 
 def recode_to_utf8(chunks: Iterable[bytes], encoding: str) -> Iterator[bytes]:
-    """UTF-16 or UTF-32 bytes (byte-order mark first) as UTF-8. Each undecodable byte becomes an invalid UTF-8
+    """Bytes in another encoding (UTF-16/32 with a byte-order mark, or a configured one such as EUC-KR) as UTF-8.
+    Each undecodable byte becomes an invalid UTF-8
     byte, so the UTF-8 decoder counts and replaces it where it is, like any other."""
     decoder = codecs.getincrementaldecoder(encoding)("rain.escape")
     for chunk in chunks:
@@ -144,7 +146,7 @@ def _legacy_hint(head: bytes, complete: bool) -> str:
         except UnicodeDecodeError:
             continue
         return ("; it reads as text in a legacy encoding such as EUC-KR, GB18030, Shift_JIS or Big5: re-save it as "
-                "UTF-8 (iconv -f ENCODING -t UTF-8 FILE)")
+                "UTF-8 (iconv -f ENCODING -t UTF-8 FILE) or give its [[source]] encoding = \"euc-kr\" (say which)")
     return ""
 
 
