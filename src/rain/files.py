@@ -61,6 +61,30 @@ def read_jsonl(path: Path, *, torn_tail: bool = False, warn: Callable[[str], Non
     return [value for _, value in jsonl_records(text, lambda n: f"{path}:{n}", torn_tail=torn_tail, warn=warn)]
 
 
+def read_jsonl_rows(path: Path, keys: tuple[str, ...], what: str) -> list[dict]:
+    """The rows of a JSON Lines file rain appends to ([] when it does not exist), each checked to be an object
+    with `keys`; any other line is a one-line RainError naming it as not `what`."""
+    if not path.is_file():
+        return []
+    rows = []
+    for where, row in jsonl_records(path.read_text(encoding="utf-8"), lambda n: f"{path}:{n}"):
+        if not isinstance(row, dict) or not set(keys) <= row.keys():
+            raise RainError(f"{where}: not {what} ({', '.join(keys)}); fix or remove that line")
+        rows.append(row)
+    return rows
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Rewrite the file with the rows added (temporary file + rename: readers never see half of it)."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_bytes() if path.is_file() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    write_atomic(path, old + "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 

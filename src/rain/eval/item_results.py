@@ -9,14 +9,13 @@ in item order (compact: 10,000 HellaSwag items are 10 kB a metric), and each ite
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rain.errors import RainError
 from rain.eval.categories import item_categories, item_id
 from rain.eval.multiple_choice import mean_stderr
 from rain.eval.tasks import TaskRequests
-from rain.files import jsonl_records, write_atomic
+from rain.files import append_jsonl, read_jsonl_rows
 
 ITEMS_FILE = "items.jsonl"
 UNIT_FIELDS = ("task", "n_shot", "limit", "evaluator")
@@ -57,22 +56,8 @@ def category_rows(record: dict) -> list[dict]:
 
 
 def read_items(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for where, rec in jsonl_records(path.read_text(encoding="utf-8"), lambda n: f"{path}:{n}"):
-        if not isinstance(rec, dict) or not {"task", "n_shot", "ids", "scores"} <= rec.keys():
-            raise RainError(f"{where}: not a per-item record (task, n_shot, ids, scores); fix or remove that line")
-        records.append(rec)
-    return records
+    return read_jsonl_rows(path, ("task", "n_shot", "ids", "scores"), "a per-item record")
 
 
 def append_items(path: Path, records: list[dict]) -> None:
-    """Rewrite the file with the records added (temporary file + rename, like results.jsonl)."""
-    if not records:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_bytes() if path.is_file() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    write_atomic(path, old + "".join(json.dumps(r) + "\n" for r in records).encode())
+    append_jsonl(path, records)

@@ -10,7 +10,6 @@ atomically: a failed evaluation leaves results.jsonl exactly as it was.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -23,7 +22,7 @@ import torch
 from rain import checkpoint as ckpt_io
 from rain.checkpoint import Checkpoint
 from rain.data.prepared import PreparedData
-from rain.files import jsonl_records, write_atomic
+from rain.files import append_jsonl, read_jsonl_rows
 from rain.train.metrics import read_metrics
 from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
@@ -93,25 +92,11 @@ class Unit:
 
 
 def read_results(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for where, row in jsonl_records(path.read_text(encoding="utf-8"), lambda n: f"{path}:{n}"):
-        if not isinstance(row, dict) or not {"task", "metric", "value"} <= row.keys():
-            raise RainError(f"{where}: not a result row (task, metric, value); fix or remove that line")
-        rows.append(row)
-    return rows
+    return read_jsonl_rows(path, ("task", "metric", "value"), "a result row")
 
 
 def append_results(path: Path, rows: list[dict]) -> None:
-    """Rewrite the file with the rows added (temporary file + rename: readers never see half of it)."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_bytes() if path.is_file() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    write_atomic(path, old + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    append_jsonl(path, rows)
 
 
 def make_row(ckpt: Checkpoint, unit: Unit, row: dict) -> dict:
