@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from rain import checkpoint as ckpt
 from rain.config import load_config, overridden_keys, validate
-from rain.data.tokenizer import PAD, Tokenizer
+from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
 from rain.posttrain.chat import (
     CHAT_TEMPLATE,
@@ -205,14 +205,7 @@ class PreferenceData(SFTData):
     def __init__(self, tokenizer_path: str | Path, paths: list[str | Path], *, context: int, micro_batch: int,
                  seed: int = 0, eval_batches: int = 20, val_fraction: float = 0.05, fmt: str = "auto",
                  rank: int = 0, world: int = 1):
-        if not 0 < val_fraction < 0.5:
-            raise RainError(f"the held-out fraction must be in (0, 0.5), got {val_fraction}")
-        self.tokenizer_path = Path(tokenizer_path)
-        self.tokenizer = Tokenizer.from_file(self.tokenizer_path)
-        self.context, self.micro_batch, self.seed, self.eval_batches = context, micro_batch, seed, eval_batches
-        self.mask_prompt, self.rank, self.world = True, rank, world
-        pad = self.tokenizer.token_id(PAD)
-        self.pad_id = pad if pad is not None else self.tokenizer.eot_id
+        self._settings(tokenizer_path, context, micro_batch, seed, eval_batches, val_fraction, True, rank, world)
 
         read = read_pairs(paths, fmt)
         skipped = Counter(read.skipped)

@@ -77,14 +77,7 @@ class SFTData:
     def __init__(self, tokenizer_path: str | Path, paths: list[str | Path], *, context: int, micro_batch: int,
                  seed: int = 0, eval_batches: int = 20, val_fraction: float = 0.05, overflow: str = "drop",
                  mask_prompt: bool = True, fmt: str = "auto", rank: int = 0, world: int = 1):
-        if not 0 < val_fraction < 0.5:
-            raise RainError(f"the held-out fraction must be in (0, 0.5), got {val_fraction}")
-        self.tokenizer_path = Path(tokenizer_path)
-        self.tokenizer = Tokenizer.from_file(self.tokenizer_path)
-        self.context, self.micro_batch, self.seed, self.eval_batches = context, micro_batch, seed, eval_batches
-        self.mask_prompt, self.rank, self.world = mask_prompt, rank, world
-        pad = self.tokenizer.token_id(PAD)
-        self.pad_id = pad if pad is not None else self.tokenizer.eot_id
+        self._settings(tokenizer_path, context, micro_batch, seed, eval_batches, val_fraction, mask_prompt, rank, world)
 
         chats = read_conversations(paths, fmt)
         skipped = ", ".join(f"{reason} {n}" for reason, n in chats.skipped.most_common())
@@ -113,6 +106,18 @@ class SFTData:
         self.consumed = 0  # windows this rank has taken
         self._epoch_sizes: list[int] = []
         self._epoch, self._windows = -1, []
+
+    def _settings(self, tokenizer_path, context, micro_batch, seed, eval_batches, val_fraction, mask_prompt, rank,
+                  world) -> None:
+        """What SFT's and preference tuning's data share: the tokenizer and its pad id, the window settings."""
+        if not 0 < val_fraction < 0.5:
+            raise RainError(f"the held-out fraction must be in (0, 0.5), got {val_fraction}")
+        self.tokenizer_path = Path(tokenizer_path)
+        self.tokenizer = Tokenizer.from_file(self.tokenizer_path)
+        self.context, self.micro_batch, self.seed, self.eval_batches = context, micro_batch, seed, eval_batches
+        self.mask_prompt, self.rank, self.world = mask_prompt, rank, world
+        pad = self.tokenizer.token_id(PAD)
+        self.pad_id = pad if pad is not None else self.tokenizer.eot_id
 
     # --- the training order ---
 
