@@ -230,3 +230,22 @@ def test_trend_table_lists_series_by_checkpoint():
     table = trend_table([row, {**row, "checkpoint": "step_2", "step": 2, "tokens": 2_000_000, "value": 0.6}])
     assert "| piqa 5-shot acc | 0.50 | 0.500 ± 0.100 | 0.600 ± 0.100 |" in table
     assert "step_2 (2M tok)" in table
+
+
+@pytest.mark.shared_data
+def test_generative_tasks_run_through_rain_eval_and_humaneval_asks_first(run_dir, tmp_path, capsys):
+    # the first GSM8K and HumanEval items, greedy to each task's stop strings (the tiny model's context caps them)
+    args = [run_dir, "--eval-data", EVAL, "--shots", "0", "--limit", "2", "--batches", "0", "--no-plot"]
+    one_line_error(rain_eval([*args, "--tasks", "humaneval", "--out", tmp_path / "refused"], capsys),
+                   "--allow-code-execution")
+    one_line_error(rain_eval([*args[:3], "--tasks", "humaneval", "--allow-code-execution"], capsys), "--shots 0")
+    code, _, err = rain_eval([*args, "--tasks", "gsm8k,humaneval", "--allow-code-execution", "--out", tmp_path], capsys)
+    assert code == 0, err
+    rows = read_rows(tmp_path / "results.jsonl")
+    got = {(r["checkpoint"], r["task"], r["metric"]): r["items"] for r in rows}
+    for name in ("step_0000002", "step_0000004"):
+        expected = {(name, "gsm8k", "exact_match,strict-match"): 2, (name, "gsm8k", "exact_match,flexible-extract"): 2,
+                    (name, "humaneval", "pass@1"): 2}
+        assert expected.items() <= got.items(), got
+    assert all(r["value"] == 0.0 for r in rows)  # a 4-step model solves nothing; the scoring itself is tested elsewhere
+    assert not (tmp_path / "refused" / "results.jsonl").exists()

@@ -75,7 +75,7 @@ def cmd_eval(args) -> None:
         harness=args.harness, harness_tasks=[t for t in parse_tasks(args.harness_tasks) if t != ALL_TASKS],
         val_batches=args.batches, val_data=args.data,
         eval_data=eval_data_dir(args.eval_data) if tasks else args.eval_data,  # only --tasks read benchmark files
-        batch_size=args.batch_size, seed=args.seed,
+        batch_size=args.batch_size, seed=args.seed, allow_code_execution=args.allow_code_execution,
     )
     if args.harness and not plan.tasks:
         raise RainError("--harness runs the --tasks through lm-eval: name them with --tasks (e.g. --tasks arc_easy)")
@@ -144,13 +144,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "and whatever is already there is not evaluated again.")
     p.add_argument("checkpoint", help="a run folder (every checkpoint in it) or one checkpoint folder")
     p.add_argument("--tasks", metavar="LIST", help="benchmarks, comma-separated: arc_easy, arc_challenge, hellaswag, piqa, winogrande, "
-                   "or 'all' (default: none, validation loss only)")
+                   "openbookqa, boolq, lambada_openai, or 'all' of those; generated and scored from --eval-data: gsm8k, "
+                   "humaneval (default: none, validation loss only)")
     p.add_argument("--shots", default="0,5", metavar="K,...", help="few-shot counts, comma-separated (default: %(default)s)")
     p.add_argument("--limit", metavar="N", help="only the first N items of each task (a fraction below 1: that share)")
     p.add_argument("--eval-data", metavar="DIR", help="folder of benchmark files for --tasks (hellaswag/*.arrow, "
                    "arc/ARC-Easy-test.jsonl, piqa/valid.jsonl, winogrande/dev.jsonl, ...). Looked for in this order: "
                    f"--eval-data DIR, then ${EVAL_DATA_ENV}, then $XDG_CACHE_HOME/rain/eval (default ~/.cache/rain/eval) "
                    "if it exists, then the Hugging Face hub")
+    p.add_argument("--allow-code-execution", action="store_true", help="humaneval: run the model's completions "
+                   "(python -I in a temporary folder, resource limits, sockets and subprocesses refused, killed at a "
+                   "timeout; a guard against accidents, not an attack)")
     p.add_argument("--harness", action="store_true", help="score --tasks with lm-evaluation-harness instead of "
                    "rain's own scorer (needs `pip install 'rain[eval]'`)")
     p.add_argument("--harness-tasks", metavar="LIST", help="any lm-eval task names, comma-separated, run through lm-eval on the "

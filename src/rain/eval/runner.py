@@ -28,7 +28,9 @@ from rain.data.tokenizer import Tokenizer
 from rain.errors import RainError
 from rain.eval.item_results import ITEMS_FILE, append_items, category_rows, item_record
 from rain.eval.multiple_choice import score_tasks
-from rain.eval.tasks import FEWSHOT_SEED, TaskData, build_requests, get_task, load_task
+from rain.eval.generative import evaluate_generative
+from rain.eval.sandbox import require_code_execution
+from rain.eval.tasks import FEWSHOT_SEED, GENERATIVE_TASK_NAMES, TaskData, build_requests, get_task, load_task
 from rain.runtime import autocast_for, pick_device
 from rain.train.batches import validation_batches
 from rain.train.validation import source_losses, validation_report
@@ -208,10 +210,19 @@ class EvalPlan:
     eval_data: str | Path | None = None  # benchmark files (layout of shared/data/eval); None: the HF hub
     batch_size: int = 32
     seed: int = FEWSHOT_SEED
+    allow_code_execution: bool = False  # humaneval runs the model's completions (rain.eval.sandbox)
 
     def check(self) -> None:
         for name in self.tasks:
-            get_task(name)
+            if name not in GENERATIVE_TASK_NAMES:
+                get_task(name)
+            elif self.harness or self.eval_data is None:
+                raise RainError(f"{name} is generated and scored by rain from local files: pass --eval-data DIR "
+                                "(gsm8k/test.jsonl + train.jsonl, humaneval/HumanEval.jsonl.gz), without --harness")
+        if "humaneval" in self.tasks:
+            if any(k > 0 for k in self.shots):
+                raise RainError("humaneval is 0-shot (lm-eval's num_fewshot: 0): pass --shots 0")
+            require_code_execution(self.allow_code_execution)  # refused, or warned, before any model loads
         if any(k < 0 for k in self.shots):
             raise RainError(f"--shots must be >= 0, got {min(self.shots)}")
         if self.limit is not None and self.limit <= 0:
@@ -224,7 +235,8 @@ class EvalPlan:
     def units(self) -> list[Unit]:
         out = [Unit("val", None, self.val_batches)] if self.val_batches != 0 else []
         evaluator = "lm-eval" if self.harness else "rain"
-        out += [Unit(t, k, self.limit, evaluator) for k in self.shots for t in self.tasks]
+        out += [Unit(t, k, self.limit, "rain" if t in GENERATIVE_TASK_NAMES else evaluator)
+                for k in self.shots for t in self.tasks]
         out += [Unit(t, k, self.limit, "lm-eval") for k in self.shots for t in self.harness_tasks]
         return out
 
@@ -238,12 +250,12 @@ class Inputs:
         units = {u for _, us in todo for u in us}
         pool_needed: dict[str, bool] = {}
         for u in units:
-            if u.evaluator in ("rain", "lm-eval") and u.task in plan.tasks:
+            if u.evaluator in ("rain", "lm-eval") and u.task in plan.tasks and u.task not in GENERATIVE_TASK_NAMES:
                 pool_needed[u.task] = pool_needed.get(u.task, False) or u.n_shot > 0
         data: dict[str, TaskData] = {t: load_task(t, plan.eval_data, need_pool=p) for t, p in pool_needed.items()}
         self.requests = {(u.task, u.n_shot): build_requests(u.task, u.n_shot, plan.limit, plan.eval_data, plan.seed,
                                                             data=data[u.task])
-                         for u in units if u.evaluator == "rain" and u.task in plan.tasks}
+                         for u in units if u.evaluator == "rain" and u.task in pool_needed}
         self.task_manager = _lm_eval_task_manager(plan.harness_tasks) if any(
             u.evaluator == "lm-eval" and u.task in plan.harness_tasks for u in units) else None
         self.val: dict[Path, ValidationSet | None] = {}
@@ -417,7 +429,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, units: list[Unit], inputs: Inputs, dev
     plan = inputs.plan
     model, cfg = ckpt_io.load_model(ckpt, device)
     tokenizer = ckpt_io.tokenizer(ckpt)
-    native = [u for u in units if u.evaluator == "rain" and u.task != "val"]
+    generated = [u for u in units if u.task in GENERATIVE_TASK_NAMES]
+    native = [u for u in units if u.evaluator == "rain" and u.task != "val" and u not in generated]
     harness = [u for u in units if u.evaluator == "lm-eval"]
     out: list[dict] = []
     with autocast_for(device, "auto"):  # bf16 on CUDA, fp32 on CPU
@@ -434,6 +447,10 @@ def evaluate_checkpoint(ckpt: Checkpoint, units: list[Unit], inputs: Inputs, dev
                 if items_out is not None:
                     items_out.append({"checkpoint": ckpt.name, "step": ckpt.step, "tokens": ckpt.tokens,
                                       "limit": unit.limit, "evaluator": unit.evaluator, **record})
+        for unit in generated:
+            out += _rows(ckpt, [unit], evaluate_generative(model, tokenizer, unit.task, plan.eval_data, shots=unit.n_shot,
+                                                          limit=plan.limit, allow_code_execution=plan.allow_code_execution,
+                                                          seed=plan.seed))
         for shots, group in _by_shots(harness).items():
             ours = [u for u in group if plan.harness and u.task in plan.tasks]
             if ours:

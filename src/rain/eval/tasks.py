@@ -298,7 +298,8 @@ GENERATIVE_TASK_NAMES: tuple[str, ...] = ("gsm8k", "humaneval")
 
 def get_task(name: str) -> TaskSpec:
     if name in GENERATIVE_TASK_NAMES:
-        raise RainError(f"{name} is a generative task: run it with rain.eval.generative.evaluate_generative; "
+        raise RainError(f"{name} is a generative task: `rain eval --tasks {name} --eval-data DIR` (or "
+                        "rain.eval.generative.evaluate_generative) generates and scores it; "
                         f"the loglikelihood tasks are {', '.join(TASK_NAMES)}")
     if name not in TASKS:
         raise RainError(f"unknown eval task {name!r}: choose from {', '.join(TASK_NAMES)} "
