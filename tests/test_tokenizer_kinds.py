@@ -118,6 +118,13 @@ def test_cjk_chars_gives_every_han_and_kana_character_its_own_token(tokenizers):
             assert [p for p in pieces if p in cjk] == cjk  # each such character is one whole token
 
 
+def test_morpheme_cuts_touch_korean_only():
+    code = "def area(r):\n    return 3.14 * r ** 2  # 원의 넓이\n"
+    assert morphemes.split_morphemes(code) == ["def area(r):\n    return 3.14 * r ** 2  #", " 원", "의", " 넓이\n"]
+    assert morphemes.split_morphemes("plain English, no Hangul.") == ["plain English, no Hangul."]
+    assert morphemes.split_morphemes("학교에서Python을 배웠다") == ["학교", "에서", "Python", "을", " 배", "웠", "다"]
+
+
 def test_the_morpheme_setting_travels_with_tokenizer_json(tokenizers, tmp_path):
     import torch
 
