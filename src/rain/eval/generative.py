@@ -172,8 +172,13 @@ def humaneval_program(item: GenItem, completion: str) -> str:
     return doc["prompt"] + completion + "\n" + f"{doc['test']}\ncheck({doc['entry_point']})"
 
 
+# code_eval's default: a program still running after 3 s fails (rain's clock also counts the ~0.05 s it takes
+# the sandbox's interpreter to start).
+HUMANEVAL_TIMEOUT = 3.0
+
+
 def humaneval_scores(completions: Sequence[str], items: Sequence[GenItem], allow_code_execution: bool = False,
-                     timeout: float = 10.0) -> list[float]:
+                     timeout: float = HUMANEVAL_TIMEOUT) -> list[float]:
     """pass@1 per item (one greedy sample: passed or not), each program run in rain's sandbox."""
     require_code_execution(allow_code_execution)
     return [1.0 if run_program(humaneval_program(it, c), timeout=timeout).passed else 0.0
