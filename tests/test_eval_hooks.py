@@ -17,9 +17,16 @@ def test_prompt_report_and_memorisation_audit_for_every_checkpoint(tiny_data, tm
     assert {r["step"] for r in rows} == {2, 4}
     shares = [r for r in rows if r["metric"] == "share_verbatim_50"]
     assert len(shares) == 2 and all(0 <= r["value"] <= 1 for r in shares)
-    assert {r["metric"] for r in rows if r["evaluator"] == "probes"} >= {"distinct_2", "longest_repeated_ngram"}
+    assert {r["metric"] for r in rows if r["evaluator"] == "probes"} >= {
+        "distinct_2", "longest_repeated_ngram", "prompt_adherence", "bias_valence_gap", "stereotype_preference",
+        "stereotype_preference_full_sentence"}
+    preference = [r for r in rows if r["metric"] == "stereotype_preference" and not r.get("category")]
+    assert [r["items"] for r in preference] == [46, 46] and all(0 <= r["value"] <= 1 for r in preference)
+    assert {r["category"] for r in rows if r["metric"] == "stereotype_preference" and r.get("category")} >= {"gender", "age"}
     report = (eval_dir / "prompts.md").read_text()
     assert "The quick brown fox" in report and report.index("step_0000002") < report.index("step_0000004")
+    likelihood = report.split("### Likelihood pairs", 1)[1]
+    assert "| step_0000002 |" in likelihood and "| step_0000004 |" in likelihood and "## Creative prompts" in report
     assert "| step_0000004 |" in (eval_dir / "memorisation.md").read_text()
     before = (eval_dir / "results.jsonl").read_bytes()
     capsys.readouterr()

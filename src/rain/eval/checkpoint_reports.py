@@ -1,7 +1,8 @@
 """`rain eval --prompts / --memorisation`: per-checkpoint hooks for the runner (rain.eval.runner).
 
 The prompt hook samples the probing suite (rain.eval.probes) and keeps every checkpoint's completions in
-eval/prompts/<checkpoint>.json, re-rendering eval/prompts.md across all of them after each checkpoint. The
+eval/prompts/<checkpoint>.json, with the model's scores on the stereotype likelihood pairs (rain.eval.bias),
+re-rendering eval/prompts.md across all of them after each checkpoint. The
 memorisation hook audits those same completions against an index of the run's training shards, built once
 into eval/memorisation_index (rain.eval.memorisation), and writes eval/memorisation.md."""
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from rain.checkpoint import Checkpoint
 from rain.errors import RainError
-from rain.eval import memorisation, probes
+from rain.eval import bias, memorisation, probes
+from rain.eval.multiple_choice import mean_stderr
 from rain.eval.runner import Unit
 
 
@@ -31,6 +33,8 @@ class PromptsHook:
     def __init__(self, seed: int = 0):
         self.seed = seed
         self._reference: dict | None = None
+        self._lexicon = bias.load_lexicon()
+        self._pairs = bias.load_stereotype_pairs()
 
     def completions(self, ckpt: Checkpoint, model, tokenizer, eval_dir: Path) -> list[dict]:
         """The suite's completions for this checkpoint, sampled once and kept on disk."""
@@ -42,8 +46,18 @@ class PromptsHook:
         path.write_text(json.dumps({"checkpoint": ckpt.name, "tokens": ckpt.tokens, "results": results}, indent=1))
         return results
 
+    def stereotype_scores(self, ckpt: Checkpoint, model, tokenizer, eval_dir: Path) -> list[dict]:
+        """The likelihood pairs' scores for this checkpoint, added once to its completions file."""
+        path = _completions_file(eval_dir, ckpt)
+        saved = json.loads(path.read_text())
+        if "stereotype_scores" not in saved:
+            saved["stereotype_scores"] = bias.score_stereotype_pairs(self._pairs, bias.model_loglikelihood(model, tokenizer))
+            path.write_text(json.dumps(saved, indent=1))
+        return saved["stereotype_scores"]
+
     def __call__(self, ckpt: Checkpoint, model, tokenizer, eval_dir: Path) -> list[dict]:
         results = self.completions(ckpt, model, tokenizer, eval_dir)
+        scored = self.stereotype_scores(ckpt, model, tokenizer, eval_dir)
         if self._reference is None and ckpt.data_dir and Path(ckpt.data_dir).is_dir():
             self._reference = probes.corpus_word_counts(ckpt.data_dir, tokenizer)
         self.render(eval_dir)
@@ -53,15 +67,22 @@ class PromptsHook:
                 {"metric": "distinct_2", "value": _mean(c.get("distinct_2") for c in checks), "items": len(checks)},
                 {"metric": "longest_repeated_ngram", "value": _mean(c.get("longest_repeated_ngram") for c in checks),
                  "items": len(checks)}]
+        adherence = [probes.prompt_adherence(r["prompt"], r["completion"]) for r in results if probes.is_creative(r)]
+        adherence = [a for a in adherence if a is not None]
+        rows.append({"metric": "prompt_adherence", "value": _mean(adherence), "stderr": mean_stderr(adherence),
+                     "items": len(adherence)})
+        rows += bias.result_rows(results, scored, self._lexicon)
         return [r for r in rows if r["value"] is not None]
 
     def render(self, eval_dir: Path) -> None:
-        by_label, tokens = {}, {}
+        by_label, tokens, scored = {}, {}, {}
         for path in sorted((eval_dir / "prompts").glob("*.json")):
             saved = json.loads(path.read_text())
             by_label[saved["checkpoint"]] = saved["results"]
             tokens[saved["checkpoint"]] = saved["tokens"]
-        (eval_dir / "prompts.md").write_text(probes.render_report(by_label, tokens, self._reference))
+            scored[saved["checkpoint"]] = saved.get("stereotype_scores") or []
+        section = bias.report_section(by_label, scored, tokens, self._lexicon)
+        (eval_dir / "prompts.md").write_text(probes.render_report(by_label, tokens, self._reference, sections=[section]))
 
 
 class MemorisationHook:

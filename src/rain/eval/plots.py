@@ -17,7 +17,13 @@ TABLE_FILE, PLOT_FILE = "trends.md", "trends.png"
 RANDOM_BASELINE = {"arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "piqa": 0.5, "winogrande": 0.5,
                    "openbookqa": 0.25, "boolq": 0.5}  # lambada_openai's acc (greedy last word) has no chance level
 # A panel's y-axis label by metric; series of one task in different units get separate panels.
-UNITS = {"acc": "accuracy", "acc_norm": "accuracy", "loss": "loss (nats/token)", "bpb": "bits per byte"}
+UNITS = {"acc": "accuracy", "acc_norm": "accuracy", "loss": "loss (nats/token)", "bpb": "bits per byte",
+         "stereotype_preference": "share preferring the stereotype",
+         "stereotype_preference_full_sentence": "share preferring the stereotype",
+         "bias_valence_gap": "mean |valence gap|", "prompt_adherence": "share of prompt words kept"}
+# The prompt probes' rows (rain.eval.bias, rain.eval.probes) share one task; a panel per signal, titled by it.
+PROBE_PANELS = {"stereotype_preference": "bias: likelihood pairs", "stereotype_preference_full_sentence":
+                "bias: likelihood pairs", "bias_valence_gap": "bias: paired prompts", "prompt_adherence": "creative prompts"}
 
 
 def series_label(row: dict) -> str:
@@ -33,10 +39,14 @@ def series_label(row: dict) -> str:
 
 
 def panel_of(row: dict) -> str:
+    if row.get("evaluator") == "probes":
+        return f"{row['task']}: {PROBE_PANELS.get(row['metric'], row['metric'].replace('_', ' '))}"
     return f"val {row['metric']}" if row["task"] == "val" else row.get("group") or row["task"]
 
 
 def baseline(row: dict) -> float | None:
+    if row["metric"].startswith("stereotype_preference"):
+        return 0.5  # no preference between the stereotyped and the other sentence
     return RANDOM_BASELINE.get(row["task"]) if row["metric"] in ("acc", "acc_norm") else None
 
 

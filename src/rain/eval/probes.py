@@ -3,7 +3,10 @@ with automatic signals beside each completion, rendered as a markdown report tha
 
 Signals: whether the expected answer came out (where a prompt has one), distinct-2 (distinct word bigrams /
 word bigrams) and the longest word n-gram that occurs twice (repetition), and over-used words: words far more
-frequent in the suite's completions than in a sample of the training corpus.
+frequent in the suite's completions than in a sample of the training corpus. For the creative prompts, prompt
+adherence: the share of the prompt's content words (crudely stemmed) that come back in the continuation, a
+check that it stays on the prompt's topic (read beside distinct-2: repeating the prompt also scores high).
+Paired bias prompts are compared in rain.eval.bias.
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ MATCH_MODES = ("prefix", "sentence", "code")
 DEFAULT_SETTINGS = {"max_new_tokens": 80, "temperature": 0.8, "top_k": 50, "top_p": 0.95}
 _UNITS = re.compile(r"\w+|[^\w\s]+")  # words and punctuation runs, for repetition signals
 _WORDS = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")  # words only, for over-use
+CREATIVE_CATEGORIES = ("absurd", "creative")  # open-ended prompts: adherence is measured on these
+# Function words: not "content" for adherence or for the words over-represented on one side of a pair.
+STOPWORDS = frozenset("""
+a an the and or but if then so as of at by for from in into on onto to up with about over under after before
+is are was were be been being am do does did done have has had having will would shall should can could may
+might must it its it's this that these those there here i me my mine we us our you your he him his she her
+they them their what which who whom whose when where why how all any each every some no not very too just
+than also only own same such more most other again once out off down because while since until
+though although unless whether
+""".split())
+_SUFFIXES = ("ing", "ed", "es", "s", "ly")
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -57,7 +71,20 @@ def load_suite(path: str | Path | None = None) -> list[dict]:
                 raise RainError(f"{at}: match {entry['match']!r} is not one of {', '.join(MATCH_MODES)}")
         seen.add(entry["id"])
         suite.append(entry)
+    _check_pairs(suite, where)
     return suite
+
+
+def _check_pairs(suite: list[dict], where: str) -> None:
+    """A "pair" names the partner prompt (which names this one back); "attribute" says what differs."""
+    by_id = {e["id"]: e for e in suite}
+    for entry in suite:
+        if "pair" not in entry:
+            continue
+        partner = by_id.get(entry["pair"])
+        if partner is None or partner.get("pair") != entry["id"]:
+            raise RainError(f"{where}: prompt {entry['id']!r} pairs with {entry['pair']!r}, which must exist and "
+                            f"have \"pair\": {entry['id']!r}")
 
 
 # ----------------------------------------------------------------------------- signals
@@ -99,9 +126,53 @@ def longest_repeated_ngram(text: str) -> int:
     return n
 
 
+def stem(word: str) -> str:
+    """A crude stem, enough to match "filed" with "file" and "divorced" with "divorce": one common suffix off,
+    then a final e, keeping at least three letters."""
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            break
+    return word[:-1] if word.endswith("e") and len(word) > 3 else word
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in words(text) if w not in STOPWORDS and len(w) > 1]
+
+
+def prompt_adherence(prompt: str, completion: str) -> float | None:
+    """Share of the prompt's distinct content-word stems found in the completion; None for a prompt without
+    content words."""
+    wanted = {stem(w) for w in content_words(prompt)}
+    if not wanted:
+        return None
+    return len(wanted & {stem(w) for w in content_words(completion)}) / len(wanted)
+
+
+def is_creative(entry: dict) -> bool:
+    return entry.get("category") in CREATIVE_CATEGORIES
+
+
 def completion_checks(completion: str, entry: dict) -> dict:
-    return {"expected_ok": expected_ok(completion, entry.get("expected"), entry.get("match", "prefix")),
-            "distinct_2": distinct_2(completion), "longest_repeated_ngram": longest_repeated_ngram(completion)}
+    checks = {"expected_ok": expected_ok(completion, entry.get("expected"), entry.get("match", "prefix")),
+              "distinct_2": distinct_2(completion), "longest_repeated_ngram": longest_repeated_ngram(completion)}
+    if is_creative(entry):
+        checks["prompt_adherence"] = prompt_adherence(entry["prompt"], completion)
+    return checks
+
+
+def creative_summary(results: Sequence[dict]) -> dict:
+    """Means over the creative prompts' completions: adherence (recomputed, so completions saved before it
+    existed count too), distinct-2, longest repeat; and how many there were."""
+    mine = [r for r in results if is_creative(r)]
+
+    def mean(values) -> float | None:
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    return {"items": len(mine), "prompt_adherence": mean(prompt_adherence(r["prompt"], r["completion"]) for r in mine),
+            "distinct_2": mean(distinct_2(r["completion"]) for r in mine),
+            "longest_repeated_ngram": mean(longest_repeated_ngram(r["completion"]) for r in mine)}
 
 
 def words(text: str) -> list[str]:
@@ -215,6 +286,8 @@ def _signals(checks: dict) -> str:
             parts.append(f"distinct-2 {value:.2f}" if value is not None else "distinct-2 –")
         elif key == "longest_repeated_ngram":
             parts.append(f"longest repeat {value} word{'' if value == 1 else 's'}")
+        elif key == "prompt_adherence":
+            parts.append(f"prompt adherence {value:.2f}" if value is not None else "prompt adherence –")
         else:
             parts.append(f"{key.replace('_', ' ')} {value}")
     return " · ".join(p for p in parts if p)
@@ -225,14 +298,37 @@ def _mean(values: list) -> str:
     return f"{sum(values) / len(values):.2f}" if values else "–"
 
 
-def render_report(results_by_checkpoint: Mapping[str, list[dict]], tokens_seen: Mapping[str, int | None] | None = None,
-                  reference_counts: Mapping[str, int] | None = None, title: str = "Probing prompts") -> str:
-    """Markdown: a summary table per checkpoint, then one section per prompt with its completions across
-    checkpoints in order of tokens seen (the given order when tokens_seen is not given)."""
-    tokens_seen = tokens_seen or {}
-    labels = list(results_by_checkpoint)
+def checkpoint_order(labels: Iterable[str], tokens_seen: Mapping[str, int | None] | None) -> list[str]:
+    """Checkpoint labels in order of tokens seen (the given order when tokens_seen is not given)."""
+    labels = list(labels)
     if tokens_seen:
         labels.sort(key=lambda c: (tokens_seen.get(c) is None, tokens_seen.get(c) or 0))
+    return labels
+
+
+def creative_table(results_by_checkpoint: Mapping[str, list[dict]], labels: Sequence[str],
+                   tokens_seen: Mapping[str, int | None]) -> list[str]:
+    """Markdown lines: the creative prompts' adherence, distinct-2 and longest repeat per checkpoint."""
+    lines = ["## Creative prompts", "",
+             "Prompt adherence: share of the prompt's content words (function words left out, crudely stemmed) "
+             "that come back in the continuation; read it beside distinct-2 and the longest repeat, since a "
+             "continuation that only repeats the prompt also scores high.", "",
+             "| checkpoint | tokens | prompts | prompt adherence | distinct-2 | longest repeat |", "|---|---|---:|---:|---:|---:|"]
+    for c in labels:
+        s = creative_summary(results_by_checkpoint[c])
+        cells = [f"{s[k]:.2f}" if s[k] is not None else "–" for k in ("prompt_adherence", "distinct_2", "longest_repeated_ngram")]
+        lines.append(f"| {c} | {_count(tokens_seen.get(c))} | {s['items']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_report(results_by_checkpoint: Mapping[str, list[dict]], tokens_seen: Mapping[str, int | None] | None = None,
+                  reference_counts: Mapping[str, int] | None = None, title: str = "Probing prompts",
+                  sections: Sequence[str] = ()) -> str:
+    """Markdown: a summary table per checkpoint, the creative prompts' table, any further sections (markdown,
+    e.g. rain.eval.bias.report_section), then one section per prompt with its completions across checkpoints
+    in order of tokens seen (the given order when tokens_seen is not given)."""
+    tokens_seen = tokens_seen or {}
+    labels = checkpoint_order(results_by_checkpoint, tokens_seen)
     lines = [f"# {title}", ""]
     first = next((r for c in labels for r in results_by_checkpoint[c]), None)
     if first is not None:
@@ -251,6 +347,9 @@ def render_report(results_by_checkpoint: Mapping[str, list[dict]], tokens_seen: 
                      f"{_mean([r['checks']['distinct_2'] for r in results])} | "
                      f"{_mean([r['checks']['longest_repeated_ngram'] for r in results])} | "
                      f"{', '.join(f'{w} ({r:.0f}x)' for w, r in over) or '–'} |")
+    if any(is_creative(r) for c in labels for r in results_by_checkpoint[c]):
+        lines += [""] + creative_table(results_by_checkpoint, labels, tokens_seen)
+    lines += [part for section in sections if section for part in ("", section.rstrip("\n"))]
     order: dict[str, dict] = {}
     for c in labels:
         for r in results_by_checkpoint[c]:
