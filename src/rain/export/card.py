@@ -15,6 +15,7 @@ from rain import checkpoint as ckpt
 from rain.checkpoint import Checkpoint, HFModel, MissingParent
 from rain.data.tokenizer import Tokenizer
 from rain.eval.runner import read_results
+from rain.export.safety_card import safety_lines, safety_stages
 from rain.model.hf_weights import ARCHITECTURES, hf_model_type
 from rain.train.metrics import active_params, format_bill
 
@@ -254,6 +255,7 @@ def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: in
     kind = "a chat model: a base model fine-tuned on conversations" if chat else "a base model (text completion only)"
     runs = [s for s in stages if isinstance(s, Checkpoint)]
     tokens = sum(s.tokens or 0 for s in runs)
+    safety = " beyond rain's small safety pack" if safety_stages(stages) else ""
     languages = measured_languages(stages)
     listed = _languages_listed(languages)
     lines = [
@@ -265,7 +267,7 @@ def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: in
         f"{tokens:,} tokens in {len(runs)} stage(s) starting from {origin}; {kind}. "
         f"It loads in transformers as `{arch}` with no custom code.", "",
         "**What it is not:** a reliable source of facts, a safe assistant, or a model aligned with human preferences. "
-        "It received no preference tuning (RLHF/DPO) and no safety training, and it was not evaluated for any deployment.", "",
+        f"It received no preference tuning (RLHF/DPO) and no safety training{safety}, and it was not evaluated for any deployment.", "",
         "## Architecture", "",
         "| | |", "|---|---|",
         f"| architecture | {arch} ({'QK-norm, ' if m.qk_norm else ''}pre-RMSNorm, GQA, RoPE, SwiGLU, no biases) |",
@@ -282,12 +284,13 @@ def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: in
     for i, stage in enumerate(stages, start=1):
         lines += _stage_section(i, stage)
     lines += _eval_section(checkpoint)
+    lines += safety_lines(checkpoint, stages, _results_path(checkpoint.folder))
     lines += ["## Limitations", "",
               f"- Small: {n_params:,} parameters trained on {tokens:,} tokens. It makes factual and arithmetic errors, "
               "loses track of long texts and can write fluent nonsense.",
               _language_limitation(languages),
               _alignment_limitation(chat, any("dpo" in s.state for s in runs))
-              + "safety training. It can produce false, offensive or unsafe text and may follow "
+              + f"safety training{safety}. It can produce false, offensive or unsafe text and may follow "
               "harmful instructions.",
               "- It may reproduce biases of its training data and memorised training text verbatim.",
               f"- It reads at most {m.context} tokens of context.", "",

@@ -40,6 +40,7 @@ from rain.posttrain.chat import (
     encode_chat,
 )
 from rain.posttrain.chat_data import OASST_ROLES, _field, _records
+from rain.posttrain.safety import is_builtin, safety_pairs
 from rain.posttrain.sft import SFTData, conversation_hash, pack, sft_config
 from rain.train.trainer import Trainer, build_model
 
@@ -150,6 +151,10 @@ def detect_pair_format(path: str | Path) -> str:
 def read_pairs(paths: list[str | Path], fmt: str = "auto") -> PairData:
     data = PairData()
     for path in paths:
+        if is_builtin(path):  # builtin:safety (rain.posttrain.safety)
+            for prompt, chosen, rejected in safety_pairs():
+                data.add(prompt, chosen, rejected)
+            continue
         kind = detect_pair_format(path) if fmt == "auto" else fmt
         if kind not in PAIR_FORMATS:
             raise RainError(f"preference data format {kind!r}: expected auto or one of {', '.join(PAIR_FORMATS)}")
