@@ -62,7 +62,12 @@ def checkpoint_hooks(args) -> list:
     """Extra per-checkpoint evaluations, resumable like the benchmarks (rain.eval.checkpoint_reports)."""
     from rain.eval.checkpoint_reports import build_hooks
 
-    return build_hooks(args.prompts, args.memorisation, seed=args.prompt_seed)
+    hooks = build_hooks(args.prompts, args.memorisation, seed=args.prompt_seed)
+    if args.safety:
+        from rain.eval.safety import SafetyHook
+
+        hooks.append(SafetyHook())
+    return hooks
 
 
 def cmd_eval(args) -> None:
@@ -174,6 +179,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-seed", type=int, default=0, help="sampling seed of the prompt suite (default: %(default)s)")
     p.add_argument("--memorisation", action="store_true", help="find the longest verbatim training-data span in each "
                    "probing completion (builds eval/memorisation_index once) into eval/memorisation.md")
+    p.add_argument("--safety", action="store_true", help="ask the held-out prompts of rain's safety pack (harmful "
+                   "requests and benign look-alikes) in each checkpoint's chat template, greedily, into eval/safety.md: "
+                   "refusal rate on the harmful ones, answer rate on the benign ones (a base model is asked in plain "
+                   "text, with a warning)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
 

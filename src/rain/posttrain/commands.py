@@ -131,7 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "the loss on assistant tokens only and several conversations packed per window. Writes the "
                        "same run folder as `rain train`; its checkpoints carry the chat template.")
     p.add_argument("base", help="the base checkpoint folder, or a run folder (its last checkpoint)")
-    p.add_argument("--data", nargs="+", required=True, help="chat data files: messages jsonl, Alpaca json/jsonl, OASST trees")
+    p.add_argument("--data", nargs="+", required=True, help="chat data files: messages jsonl, Alpaca json/jsonl, OASST trees; "
+                   "builtin:safety adds rain's safety pack (refusals and answered look-alikes, its train split)")
     p.add_argument("--format", default="auto", choices=("auto", "messages", "alpaca", "oasst"),
                    help="the data format (default: detected per file)")
     p.add_argument("--out", required=True, help="run folder")
@@ -155,7 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "template is accepted with a warning.")
     p.add_argument("run", help="the checkpoint to tune: an SFT run folder (its last checkpoint) or a checkpoint folder")
     p.add_argument("--data", nargs="+", required=True, help="preference files: jsonl/JSON with chosen/rejected (strings "
-                   "or message lists) and an optional prompt, or OpenAssistant trees (pairs from the replies' ranks)")
+                   "or message lists) and an optional prompt, or OpenAssistant trees (pairs from the replies' ranks); builtin:safety: "
+                   "rain's safety pack as pairs (refusal over compliance, answer over over-refusal)")
     p.add_argument("--format", default="auto", choices=("auto", "pairs", "oasst"),
                    help="the data format (default: detected per file)")
     p.add_argument("--out", required=True, help="run folder")

@@ -25,6 +25,7 @@ from rain.data.tokenizer import PAD, Tokenizer
 from rain.errors import RainError
 from rain.posttrain.chat import CHAT_TEMPLATE, Message
 from rain.posttrain.chat_data import ChatData, read_chat_data, tokenize_conversations
+from rain.posttrain.safety import is_builtin, safety_chat_data
 
 Example = tuple[list[int], list[int]]  # token ids, loss mask
 
@@ -65,7 +66,7 @@ def pack(lengths: list[int], order: list[int], context: int) -> list[list[int]]:
 def read_conversations(paths: list[str | Path], fmt: str = "auto") -> ChatData:
     data = ChatData()
     for path in paths:
-        part = read_chat_data(path, fmt)
+        part = safety_chat_data() if is_builtin(path) else read_chat_data(path, fmt)
         data.conversations += part.conversations
         data.skipped.update(part.skipped)
     return data
