@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from rain.train.parallel import local, shard_like
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic, as in torch.optim.Muon
 
 
@@ -86,8 +88,12 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_lerp_(bufs, grads, 1 - mu)
             updates = torch._foreach_lerp(grads, bufs, mu) if group["nesterov"] else bufs
             ns_dtype = self.ns_dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-            stacked = torch.stack(updates).to(ns_dtype)
+            # Under FSDP2 (rain.train.parallel) each rank holds a slice of every matrix: it gathers the whole ones,
+            # orthogonalises all of them (as one process would: the Newton-Schulz work is not split over the ranks)
+            # and keeps its slice of the result. The cost per step is one all-gather of the Muon matrices.
+            stacked = torch.stack([local(u) for u in updates]).to(ns_dtype)
             ortho = orthogonalize(stacked.flatten(0, -3), group["ns_steps"]).view_as(stacked).to(params[0].dtype)
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
-            torch._foreach_add_(params, list(ortho.unbind(0)), alpha=-lr * lr_scale(shape))
+            torch._foreach_add_(params, [shard_like(o, p) for o, p in zip(ortho.unbind(0), params)],
+                                alpha=-lr * lr_scale(shape))
