@@ -54,13 +54,17 @@ def shard(model: nn.Module, t: TrainConfig, device: torch.device, world: int) ->
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    if not isinstance(getattr(model, "layers", None), nn.ModuleList):
+        raise RainError(f"train.parallel = fsdp shards rain's own transformer by its blocks, not a {type(model).__name__}; "
+                        "use train.parallel=ddp")
     if t.precision == "bf16-master":
         raise RainError("train.precision = bf16-master does not combine with train.parallel = fsdp; use "
                         "train.precision=bf16: FSDP2 keeps the weights fp32 (sharded) and computes in bf16")
     mesh = init_device_mesh(device.type, (world,))
     bf16 = computes_bf16(device, t.precision)
+    # The blocks' inputs are not cast: the RoPE tables stay fp32, as on one process (autocast runs around the step).
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None,
-                                  reduce_dtype=torch.float32 if bf16 else None)
+                                  reduce_dtype=torch.float32 if bf16 else None, cast_forward_inputs=False)
     for block in model.layers:
         if t.compile:
             block.compile()
