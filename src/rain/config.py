@@ -83,6 +83,14 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 20
+    # Benchmarks on the live model during training (rain.eval.live), into metrics.jsonl as "eval" records: these
+    # tasks (empty: none), every eval_every_tokens tokens (0: at each validation), on a fixed seeded subset of
+    # eval_limit items per task (0: all), eval_shots-shot, read from eval_data (empty: as `rain eval` looks).
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_every_tokens: int = 0
+    eval_limit: int = 200
+    eval_shots: int = 0
+    eval_data: str = ""
     checkpoints: int = 100  # evenly spaced intermediate checkpoints kept over the run
     save_every: int = 0  # refresh `last` every N steps (0: at each evaluation)
     # The divergence guard (rain.train.long_run). A step whose loss or gradient norm is not finite is skipped: the
@@ -378,7 +386,8 @@ RANGES = {
     "train.total_tokens": "[0, inf)", "train.max_steps": "[0, inf)", "train.lr": "(0, inf)",
     "train.min_lr": "[0, inf)", "train.decay_frac": "[0, 1]", "train.weight_decay": "[0, inf)",
     "train.beta1": "[0, 1)", "train.beta2": "[0, 1)", "train.eps": "(0, inf)", "train.grad_clip": "[0, inf)",
-    "train.seed": f"[0, {2**32 - 1}]", "train.eval_batches": "[1, inf)", "train.save_every": "[0, inf)",
+    "train.seed": f"[0, {2**32 - 1}]", "train.eval_batches": "[1, inf)", "train.eval_every_tokens": "[0, inf)",
+    "train.eval_limit": "[0, inf)", "train.eval_shots": "[0, inf)", "train.save_every": "[0, inf)",
     "train.epochs": "[0, inf)", "train.max_bad_steps": "[0, inf)", "train.spike_factor": "[0, inf)",
     "train.spike_window": "[1, inf)", "train.rollback_lr_factor": "(0, 1]", "train.rollback_lr_steps": "[0, inf)",
     "train.max_rollbacks": "[0, inf)", "train.early_stop_patience": "[0, inf)", "train.early_stop_min_delta": "[0, inf)",

@@ -142,6 +142,9 @@ def cmd_score(args) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from rain.eval.live import register_benchmarks
+
+    register_benchmarks()  # train.eval_tasks: `rain train` scores benchmarks during training (rain.train.hooks)
     p = sub.add_parser("eval", help="evaluate a checkpoint or every checkpoint of a run", description=
                        "Validation loss, perplexity and bits per byte (per source) on the held-out split, plus "
                        "multiple-choice benchmarks scored as lm-evaluation-harness scores them. On a run folder "

@@ -70,8 +70,9 @@ class MetricsLog:
         if self.tracker == "trackio":
             self._trackio.log(scalars, step=record.get("step"))
         elif self._tb is not None:
-            for k, v in scalars.items():
-                self._tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record.get("step"))
+            kind = record.get("kind", "train")
+            for k, v in scalars.items():  # "eval/hellaswag/acc" stays itself, not eval/eval/...
+                self._tb.add_scalar(k if k.startswith(f"{kind}/") else f"{kind}/{k}", v, record.get("step"))
 
     def close(self) -> None:
         if self.tracker == "trackio":
@@ -128,7 +129,11 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
 
     x = [r["tokens"] for r in train]
     y = [r["loss"] for r in train]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    curves = benchmark_curves(records)
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(14 if curves else 8, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    if curves:
+        draw_benchmarks(axes[0, 1], curves)
     if len(y) >= 5:  # fewer points are drawn as they are
         h = max(1, len(y) // 40)  # a window of about 5% of the run
         ax.plot(x, smooth(y, h), color="navy", lw=2.5, label=f"train (centred mean of {2 * h + 1} logs)")
@@ -151,6 +156,31 @@ def plot_losses(run_dir: Path, out: Path | None = None) -> Path | None:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def benchmark_curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """{"hellaswag acc_norm": (tokens, values)} from the "eval" records of benchmarks during training
+    (train.eval_tasks), in the order the metrics first appear."""
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    for r in records:
+        if r.get("kind") != "eval":
+            continue
+        for key, value in r.items():
+            if key.startswith("eval/") and isinstance(value, (int, float)):
+                tokens, values = curves.setdefault(" ".join(key.split("/")[1:]), ([], []))
+                tokens.append(r["tokens"])
+                values.append(value)
+    return curves
+
+
+def draw_benchmarks(ax, curves: dict[str, tuple[list[int], list[float]]]) -> None:
+    for label, (tokens, values) in curves.items():
+        ax.plot(tokens, values, "o-", ms=3, label=label)
+    tokens_axis(ax)
+    ax.set_title("benchmarks during training (train.eval_tasks)")
+    ax.set_ylabel("score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def human_tokens(n: int | None) -> str:

@@ -38,6 +38,7 @@ from rain.runtime import Ranks, autocast_for, computes_bf16, enable_tf32, pick_d
 from rain import checkpoint as ckpt
 from rain.train.batches import PretrainData, TrainData
 from rain.train.gpu_guard import GpuGuard
+from rain.train.hooks import IntervalHooks
 from rain.train.metrics import (MetricsLog, active_params, compute_bill, flops_per_token, format_bill, gpu_of,
                                 peak_flops, plot_losses, read_metrics,
                                 truncate_after)
@@ -212,6 +213,7 @@ class Trainer:
                  model: torch.nn.Module | None = None, log=print):
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         t = cfg.train
+        self.hooks = IntervalHooks.build(cfg, log)  # first: a bad train.eval_tasks stops the run before anything is built
         self.device = pick_device(t.device)
         self.ranks = Ranks.from_env(self.device.type)
         if self.ranks.world > 1:
@@ -431,6 +433,7 @@ class Trainer:
         if self.step_count == 0:
             with deadline.timing("eval"):
                 self._validate(metrics)
+                self.hooks.run_due(self, 0, metrics, validated=True)
         self.model.train()
         self._complete_saves(keep)
         self._relog_rollbacks(metrics)
@@ -486,6 +489,7 @@ class Trainer:
         evaluated = self._evaluates(step)
         with self.deadline.timing("eval", evaluated):
             val = self._validate(metrics) if evaluated else None
+            self.hooks.run_due(self, step, metrics, evaluated)  # benchmarks on the live model (train.eval_tasks)
         ended = self.early_stop.validated(step, val["val_loss"]) if val is not None and step < self.total else None
         names = []
         if val is not None and val["val_loss"] < self.best_val:
