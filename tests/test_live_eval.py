@@ -4,14 +4,17 @@ starts."""
 
 import copy
 import json
+from contextlib import nullcontext
+from types import SimpleNamespace
 
 import pytest
+import torch
 from rain import checkpoint as ckpt
 from rain.cli import main
 from rain.config import load_config
 from rain.eval.live import LiveBenchmarks, fixed_sample, register_benchmarks
 from rain.eval.tasks import build_requests
-from rain.train.hooks import TrainingPoint
+from rain.train.hooks import IntervalHooks, TrainingPoint
 from rain.train.metrics import benchmark_curves, read_metrics
 from rain.train.trainer import train
 from tests.conftest import assert_same_run, small_toml, tiny_run_config
@@ -71,6 +74,34 @@ def test_benchmarks_logged_at_each_validation_without_changing_training(tiny_dat
     curves = benchmark_curves(read_metrics(tmp_path / "bench"))
     assert list(curves) == ["arc_easy acc", "arc_easy acc_norm"]
     assert curves["arc_easy acc"][0] == [0, 2 * per_step, 3 * per_step]
+
+
+def test_a_hook_cannot_change_the_run():
+    """The seam's promise, whatever a hook does: gradients off while it runs; train mode and the RNG states after."""
+    class Greedy:  # draws random numbers and leaves the model in eval mode
+        def due(self, at):
+            return at.step % 2 == 0
+
+        def __call__(self, model, at):
+            seen.append((model.training, torch.is_grad_enabled(), float(torch.rand(()))))
+            model.eval()
+            return {"kind": "probe", "x": 1.0}, f"step {at.step}: probed"
+
+    seen, logged, lines = [], [], []
+    model = torch.nn.Linear(2, 2).train()
+    trainer = SimpleNamespace(model=model, device=torch.device("cpu"), autocast=nullcontext(), tokens_per_step=10,
+                              total=4, data=SimpleNamespace(tokenizer_path=None), micro_batch=1,
+                              lines=SimpleNamespace(log=lines.append))
+    metrics = SimpleNamespace(log=logged.append)
+    hooks = IntervalHooks([Greedy()])
+    state = torch.get_rng_state()
+    for step in range(4):
+        hooks.run_due(trainer, step, metrics, validated=False)
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    assert [(training, grad) for training, grad, _ in seen] == [(False, False), (False, False)]
+    assert seen[0][2] == seen[1][2]  # each call starts from the run's RNG state, untouched by the one before
+    assert [(r["kind"], r["step"], r["tokens"], r["x"]) for r in logged] == [("probe", 0, 0, 1.0), ("probe", 2, 20, 1.0)]
+    assert lines == ["step 0: probed", "step 2: probed"]
 
 
 def test_every_tokens_cadence(arc_folder):
