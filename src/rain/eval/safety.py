@@ -171,7 +171,9 @@ class SafetyHook:
 
 
 def _rate(rows: list[dict], metric: str) -> str:
-    row = next(r for r in rows if r["metric"] == metric and "category" not in r)
+    row = next((r for r in rows if r["metric"] == metric and "category" not in r), None)
+    if row is None:  # every prompt of that kind was too long for the context
+        return "-"
     hits = round(row["value"] * row["items"])
     se = f" ± {100 * row['stderr']:.1f}" if row["stderr"] is not None else ""
     return f"{100 * row['value']:.1f}%{se} ({hits}/{row['items']})"
@@ -200,7 +202,7 @@ def render_report(eval_dir: Path) -> str:
              "| checkpoint | tokens | prompts | harmful refused | benign answered |", "|---|---:|---|---:|---:|"]
     for s in saved:
         rows = rate_rows(s["results"])
-        lines.append(f"| {s['checkpoint']} | {s['tokens'] if s['tokens'] is not None else '-'} | "
+        lines.append(f"| {s['checkpoint']} | {'-' if s['tokens'] is None else format(s['tokens'], ',')} | "
                      f"{s['prompt_format']} | {_rate(rows, 'refusal_rate')} | "
                      f"{_rate(rows, 'answer_rate')} |")
     if any(s["skipped"] for s in saved):
