@@ -5,6 +5,7 @@ so building the parser (`rain --help`) stays fast and never imports torch."""
 from __future__ import annotations
 
 import argparse
+import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,6 +16,17 @@ def add_set_arg(p: argparse.ArgumentParser, help: str = "override one config val
                 "(repeatable)") -> None:
     """The one `--set SECTION.KEY=VALUE` option; rain.config.load_config applies the list in order."""
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help)
+
+
+def add_teacher_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", metavar="PATH", help="distil from this frozen model (train.teacher): a rain run or "
+                   "checkpoint folder, or a Hugging Face folder, with the same tokenizer; a KL term joins the loss "
+                   "(--set train.distill_weight=1.0, train.distill_temperature=1.0, train.distill_top_k=0: all logits)")
+
+
+def teacher_overrides(args: argparse.Namespace) -> list[str]:
+    """--teacher PATH as the --set override it stands for (a TOML string, whatever the path looks like)."""
+    return [f"train.teacher={json.dumps(args.teacher)}"] if args.teacher else []
 
 
 def add_config_args(p: argparse.ArgumentParser, default: str | None = "tiny") -> None:

@@ -143,6 +143,13 @@ class TrainConfig:
     # keep the weights exact.
     intermediate_dtype: str = "auto"
     ignore_disk_check: bool = False  # start even when the run folder's disk has less free space than its checkpoints need
+    # Distillation (rain.train.distill): a frozen teacher (a rain run or checkpoint, or a Hugging Face folder, with this
+    # run's tokenizer) adds distill_weight x T^2 x KL(teacher || student) at temperature T over the next-token
+    # distributions; distill_top_k > 0 keeps only the teacher's k most likely tokens (renormalised) to save memory.
+    teacher: str = ""
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
+    distill_top_k: int = 0
 
 
 @dataclass
@@ -393,7 +400,8 @@ RANGES = {
     "train.max_rollbacks": "[0, inf)", "train.early_stop_patience": "[0, inf)", "train.early_stop_min_delta": "[0, inf)",
     "train.gpu_max_temp": "[0, 150]", "train.gpu_resume_temp": "[0, 150]", "train.gpu_max_power": "[0, inf)",
     "train.gpu_check_every": "[1, inf)", "train.gpu_max_pause": "(0, inf)", "train.gpu_power_limit": "[0, inf)",
-    "train.gpu_price_per_hour": "[0, inf)",
+    "train.gpu_price_per_hour": "[0, inf)", "train.distill_weight": "[0, inf)", "train.distill_temperature": "(0, inf)",
+    "train.distill_top_k": "[0, inf)",
     "data.val_fraction": "[0, 0.5)", "data.shard_tokens": "[1, inf)", "data.max_docs": "[0, inf)",
     "data.seed": f"[0, {2**32 - 1}]", "data.workers": "[0, inf)", "data.tokenizer_sample_bytes": "[1, inf)",
     "data.max_doc_chars": "[0, inf)",

@@ -169,6 +169,11 @@ def _stage_section(i: int, stage: Checkpoint | HFModel | MissingParent) -> list[
     if stage.parent:
         lines += [f"Started from {public_name(stage.parent)} with a fresh optimizer and learning-rate "
                   "schedule.", ""]
+    if state.get("teacher"):  # rain.train.distill
+        d = state.get("distill", {})
+        lines += [f"Distilled from {public_name(state['teacher'])}: the loss adds {d.get('weight')} x T^2 x KL(teacher "
+                  f"|| student) at temperature T = {d.get('temperature')}"
+                  + (f" over the teacher's top {d['top_k']} tokens." if d.get("top_k") else "."), ""]
     lines += _data_lines(stage)
     seconds = state.get("wall_seconds", 0)
     lines.append(f"Training: {stage.step or 0:,} steps, {stage.tokens or 0:,} tokens seen (windows of "

@@ -325,7 +325,8 @@ class Transformer(nn.Module):
         per_token: bool = False,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        hidden: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, V) when targets is None, else the mean cross-entropy over targets != -100 (or, with
         `per_token` and no gradient, each position's loss (B, T), 0 where the target is -100). Training an MoE
         model, the returned loss also carries the load-balancing loss's gradient, but not its value.
@@ -334,7 +335,9 @@ class Transformer(nn.Module):
         and a boolean attn_mask broadcastable to (B, 1, T, keys) (True: may attend; keys are the cache's tokens,
         then these) replace that, e.g. to score several sequences packed in one row; every query needs a key.
         doc_ids (B, T) is the usual case of it: positions restart and attention stays within each document
-        (through FlexAttention on CUDA without a cache, `self.attention`; else SDPA with a dense mask)."""
+        (through FlexAttention on CUDA without a cache, `self.attention`; else SDPA with a dense mask).
+        `hidden` (with targets): (loss, the final normed hidden states (B, T, d)), which a second loss on the same
+        logits (distillation, rain.train.distill) multiplies by lm_head itself, chunk by chunk."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.context:
@@ -363,4 +366,4 @@ class Transformer(nn.Module):
         if aux and self.training and self.cfg.router_z_coef:
             z = torch.stack([z for _, z in aux]).mean()  # the router z-loss, added the same way
             loss = loss + self.cfg.router_z_coef * (z - z.detach())
-        return loss
+        return (loss, x) if hidden else loss

@@ -7,7 +7,8 @@ import argparse
 import sys
 from typing import TextIO
 
-from rain.commands_common import add_run_args, add_sampling_args, add_set_arg, sampling_options
+from rain.commands_common import (add_run_args, add_sampling_args, add_set_arg, add_teacher_arg, sampling_options,
+                                  teacher_overrides)
 from rain.errors import RainError
 
 
@@ -18,8 +19,8 @@ def cmd_sft(args) -> None:
         raise RainError("--epochs, --steps and --batch must be positive")
     run_sft(args.base, args.data, args.out, fmt=args.format, epochs=args.epochs, steps=args.steps, lr=args.lr,
             batch=args.batch, overflow=args.overflow, mask_prompt=not args.no_mask, val_fraction=args.val_fraction,
-            overrides=args.set, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
-            time_limit=args.time_limit * 3600 if args.time_limit else None)
+            overrides=args.set + teacher_overrides(args), resume=args.resume, overwrite=args.overwrite,
+            stop_after=args.stop_after, time_limit=args.time_limit * 3600 if args.time_limit else None)
 
 
 def cmd_dpo(args) -> None:
@@ -144,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overflow", default="drop", choices=("drop", "truncate"), help="a conversation longer than the "
                    "context is dropped and counted, or cut after its last assistant turn that fits (default: %(default)s)")
     p.add_argument("--no-mask", action="store_true", help="train on every token, prompts and role headers included")
+    add_teacher_arg(p)
     add_set_arg(p, help="override a config value of the run, e.g. --set train.eval_every=50 (repeatable)")
     add_run_args(p, time_limit=True)
     p.set_defaults(func=cmd_sft)

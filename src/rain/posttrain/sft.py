@@ -198,6 +198,7 @@ def sft_config(base: RunConfig, *, lr: float | None, batch: int) -> RunConfig:
     t.min_lr, t.warmup, t.schedule, t.weight_decay = t.lr / 10, 0.03, "cosine", 0.0
     t.batch_size, t.micro_batch, t.total_tokens, t.max_steps = batch, micro, 0, 1
     t.checkpoints, t.save_every = 0, 0
+    t.teacher = ""  # the base run's teacher is not the fine-tune's: rain sft --teacher chooses one
     return cfg
 
 

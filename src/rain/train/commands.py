@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from rain.commands_common import add_config_args, add_run_args, add_sampling_args, add_set_arg, sampling_options
+from rain.commands_common import (add_config_args, add_run_args, add_sampling_args, add_set_arg, add_teacher_arg,
+                                  sampling_options, teacher_overrides)
 from rain.errors import RainError
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ def cmd_train(args) -> None:
 
     if args.out is None and not (args.dry_run and not args.resume):
         raise RainError("rain train needs --out RUN, the run folder (only --dry-run goes without one)")
-    cfg = train_config(args.config, args.set, args.out or ".", resume=args.resume, data=args.data)
+    cfg = train_config(args.config, args.set + teacher_overrides(args), args.out or ".", resume=args.resume,
+                       data=args.data)
     if args.dry_run:
         print(format_plan(args.config, cfg, args.out))
         return
@@ -329,6 +331,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder (required, except with --dry-run)")
     add_run_args(p, time_limit=True)
     p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer and schedule")
+    add_teacher_arg(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (parameters, steps, tokens, checkpoints and "
                    "their projected disk) and train nothing; needs no prepared data and no GPU")
     p.set_defaults(func=cmd_train)

@@ -37,6 +37,7 @@ from rain.progress import progress
 from rain.runtime import Ranks, autocast_for, computes_bf16, enable_tf32, pick_device
 from rain import checkpoint as ckpt
 from rain.train.batches import PretrainData, TrainData
+from rain.train.distill import Distiller
 from rain.train.gpu_guard import GpuGuard
 from rain.train.hooks import IntervalHooks
 from rain.train.metrics import (MetricsLog, active_params, compute_bill, flops_per_token, format_bill, gpu_of,
@@ -243,7 +244,8 @@ class Trainer:
         if self.ranks.world > 1:
             dist.barrier()
         self._build_model(None if resume else init_from, model)  # a resumed run's weights come from its checkpoint
-        self.lineage = self._lineage(init_from)
+        self.distiller = self._distiller()  # train.teacher: loaded again from the config's path on --resume
+        self.lineage = {**self._lineage(init_from), **(self.distiller.describe() if self.distiller else {})}
         # The loop state a checkpoint carries (see state_dict).
         self.step_count, self.best_val, self.wall_before, self.window_steps = 0, math.inf, 0.0, 0
         self.loss_sum = torch.zeros((), device=self.device)  # the running loss of the current log window
@@ -285,6 +287,13 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = DistributedDataParallel(self.step_model, device_ids=ids)
 
+    def _distiller(self) -> Distiller | None:
+        if not self.cfg.train.teacher:
+            return None
+        if type(self).micro_loss is not Trainer.micro_loss:  # a stage with its own loss would ignore the teacher
+            raise RainError("train.teacher: distillation works in rain train and rain sft, not with this stage's loss")
+        return Distiller(self.cfg.train, self.cfg.model, self.data.tokenizer_path, self.device)
+
     def _lineage(self, init_from) -> dict:
         hardware = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
         lineage = {"init_from": str(Path(init_from).resolve())} if init_from else {}
@@ -324,6 +333,8 @@ class Trainer:
             update_router_bias(self.model, dist.all_reduce if self.ranks.world > 1 else None)
             self.loss_sum += step_loss
             self.window_steps += 1
+        if self.distiller is not None:
+            self.distiller.step_done(skipped)
         self.optimizer.zero_grad(set_to_none=True)
         # A skipped step still counts: the step number, the LR schedule and the data move on as if it were taken, so
         # the run keeps its planned length and cadence (validations, checkpoints, its end) and resumes exactly; only
@@ -335,6 +346,8 @@ class Trainer:
     def micro_loss(self, batch: tuple) -> torch.Tensor:
         """The mean loss of one micro-batch (on the device), through step_model: next-token cross-entropy here;
         a stage with another objective (rain.posttrain.dpo) overrides it and its data's batches carry what it needs."""
+        if self.distiller is not None:  # the same cross-entropy, plus the KL term's gradient (rain.train.distill)
+            return self.distiller.micro_loss(self.step_model, self.model, batch, self.grad_accum)
         x, y, doc = batch[:3]
         return self.step_model(x, y, doc_ids=doc)
 
@@ -548,6 +561,7 @@ class Trainer:
         entry.update(router_stats(self.model))
         entry.update(self._mixture_in_force())
         entry.update(self.guard.read(stats.step))
+        entry.update(self.distiller.log_entry(self.ranks.world) if self.distiller else {})
         if metrics is not None:
             metrics.log(entry)
             bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
