@@ -128,6 +128,9 @@ def test_eval_safety_reports_the_rates_of_a_controlled_model_and_the_card_shows_
     report = (sft / "eval/safety.md").read_text()
     assert f"({refused}/{len(harmful)})" in report and f"({answered}/{len(benign)})" in report
     assert "Benign prompts refused" in report
+    capsys.readouterr()
+    assert main(["eval", str(sft), "--safety", "--batches", "0", "--no-plot"]) == 0  # resumable: asked once
+    assert "nothing new to evaluate" in capsys.readouterr().err and len(prompts) == len(held_out)
 
     checkpoint = ckpt.find(sft)
     card = model_card(checkpoint, 1000, 900, tokenizer, "tiny-safe")
