@@ -78,6 +78,9 @@ class TrainConfig:
     # activations, fp32 master weights and optimizer state: rain.train.precision). Formerly train.dtype.
     precision: str = "auto"
     compile: bool = False
+    # Under torchrun: ddp (a whole model per process) | fsdp (FSDP2: weights, gradients and optimizer state sharded
+    # per block; rain.train.parallel). Checkpoints are the same either way, so a run may resume under the other.
+    parallel: str = "ddp"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 1337
     log_every: int = 10
@@ -554,6 +557,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"train.attention {t.attention!r} must be auto, flex or sdpa")
     if t.precision not in PRECISIONS:
         problems.append(f"train.precision {t.precision!r} must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
+    if t.parallel not in ("ddp", "fsdp"):
+        problems.append(f"train.parallel {t.parallel!r} must be ddp or fsdp")
     if t.tracker not in ("none", "trackio", "tensorboard"):
         problems.append(f"train.tracker {t.tracker!r} must be none, trackio or tensorboard")
     if t.lr > 0 and t.min_lr > t.lr:  # the ranges themselves are checked by range_problems

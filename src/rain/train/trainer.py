@@ -6,7 +6,8 @@
     trainer.state_dict()                  # everything a resume needs besides the tensors
     trainer.fit()                         # log, evaluate, save and stop on schedule
 
-One process, or several under `torchrun` (DDP: each rank reads its own windows, rank 0 writes)."""
+One process, or several under `torchrun` (DDP or FSDP2, rain.train.parallel: each rank reads its own windows,
+rank 0 writes)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,12 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from rain.config import RunConfig, TrainConfig
 from rain.errors import RainError
@@ -45,6 +45,7 @@ from rain.train.metrics import (MetricsLog, active_params, compute_bill, flops_p
                                 truncate_after)
 from rain.train.long_run import Deadline, DivergenceGuard, EarlyStopping, ends_epoch, epoch_windows, epochs_done, run_steps
 from rain.train.optim import build_optimizer, set_lr, warmup_steps
+from rain.train.parallel import gathered, gradient_sync, local, parallelize, sharded
 from rain.train.precision import build_training_optimizer, checkpoint_weights, clip_params, restore_model
 from rain.train.validation import format_validation, source_losses, validation_report
 
@@ -279,13 +280,10 @@ class Trainer:
         self.n_params = self.model.num_params()
         self.flops_per_token = flops_per_token(self.cfg.model, self.n_params)
         self.peak_flops = peak_flops(self.device)
-        # Before compile and DDP: under train.precision = bf16-master it turns the model's parameters bf16, keeping
-        # fp32 masters that the optimizer steps (rain.train.precision.MasterWeights).
-        self.optimizer = build_training_optimizer(self.model, t, self.device.type)
-        self.step_model = torch.compile(self.model) if t.compile else self.model
-        if self.ranks.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.step_model = DistributedDataParallel(self.step_model, device_ids=ids)
+        # compile, then DDP or FSDP2 (train.parallel), with the optimizer built where each needs it: before compile
+        # and DDP (bf16-master turns the parameters bf16: rain.train.precision), after FSDP2 shards them.
+        self.step_model, self.optimizer = parallelize(self.model, t, self.device, self.ranks.world,
+                                                      build_training_optimizer)
 
     def _distiller(self) -> Distiller | None:
         if not self.cfg.train.teacher:
@@ -318,14 +316,14 @@ class Trainer:
             batch = self.batches.next_batch()
             self.phase_done("data")
             sync = self.ranks.world == 1 or micro == self.grad_accum - 1
-            with nullcontext() if sync else self.step_model.no_sync():
+            with gradient_sync(self.step_model, sync):
                 with self.autocast:
                     loss = self.micro_loss(batch) / self.grad_accum
                 loss.backward()
             step_loss += loss.detach()
         self.phase_done("forward_backward")
         params = clip_params(self.model, self.optimizer)  # bf16-master: the fp32 masters, their gradients moved on
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
+        grad_norm = local(torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf))
         loss_value, norm, stop_voted = self._read_step(step_loss, grad_norm, stop_vote)
         skipped = not (math.isfinite(loss_value) and math.isfinite(norm))
         if not skipped:
@@ -403,7 +401,8 @@ class Trainer:
         if ckpt.load_config(source).model != self.cfg.model:
             raise RainError(f"{self.run_dir}: the checkpoint's model shape differs from the config; "
                             "resume with the run's own config")
-        state, rng = ckpt.load_training_state(source, checkpoint_weights(self.model, self.optimizer), self.optimizer)
+        state, rng = ckpt.load_training_state(source, *sharded(checkpoint_weights(self.model, self.optimizer),
+                                                               self.optimizer))  # FSDP2: each rank's shard
         restore_model(self.optimizer)  # bf16-master: the bf16 model from the fp32 masters just loaded
         self.load_state_dict(state)
         self.resumed = (source, {k: v for k, v in state.items() if k.startswith("val_")})
@@ -415,11 +414,12 @@ class Trainer:
 
     def save(self, name: str, val: dict | None = None) -> None:
         """Save checkpoint `name`: whole (optimizer and RNG state too) when train.keep_full keeps it so (`last`
-        always), else its weights only, in self.weights_dtype."""
+        always), else its weights only, in self.weights_dtype. Every rank calls it: FSDP2 gathers the shards."""
+        full = ckpt.keeps_optimizer(name, self.cfg.train.keep_full)
+        weights = checkpoint_weights(self.model, self.optimizer)  # bf16-master: the fp32 masters
+        weights, optimizer = gathered(weights, self.optimizer if full else None)
         if self.ranks.main:
-            full = ckpt.keeps_optimizer(name, self.cfg.train.keep_full)
-            weights = checkpoint_weights(self.model, self.optimizer)  # bf16-master: the fp32 masters
-            ckpt.save_checkpoint(self.run_dir / "checkpoints" / name, weights, self.optimizer if full else None,
+            ckpt.save_checkpoint(self.run_dir / "checkpoints" / name, weights, optimizer,
                                  {**self.state_dict(), **(val or {})}, self.cfg, self.data.tokenizer_path,
                                  extra_tensors={"cpu": torch.get_rng_state()},
                                  weights_dtype=None if full else self.weights_dtype)
@@ -486,7 +486,7 @@ class Trainer:
         """After a resume from a checkpoint other than `last` (a crash during this step's saves), write this step's
         missing checkpoints: its kept step_N, then `last`."""
         source, val = self.resumed
-        if source is None or source.name == "last" or not self.ranks.main:
+        if source is None or source.name == "last":
             return
         step_n = self.run_dir / "checkpoints" / f"step_{self.step_count:07d}"
         if self.step_count in keep and not all((step_n / f).is_file() for f in ckpt.WEIGHT_FILES):
