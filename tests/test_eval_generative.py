@@ -124,6 +124,44 @@ def test_gsm8k_requests_equal_lm_eval(gsm8k_dir, tmp_path):
     assert ours[0].context.count("Question:") == 6 and "#### " in ours[0].context
 
 
+@pytest.mark.shared_data
+def test_rainlm_on_lm_evals_gsm8k_generates_what_rain_generates(gsm8k_dir, tmp_path):
+    """lm-eval driving rain (RainLM.generate_until) on lm-eval's own gsm8k.yaml returns, item for item, the text
+    rain's native GSM8K generates (same prompt, stop strings, max_gen_toks, left cut of a prompt longer than the
+    context), and lm-eval's exact_match per filter equals rain's on those texts."""
+    pytest.importorskip("lm_eval")
+    import lm_eval
+    import torch
+    from conftest import small_model_config
+    from lm_eval.tasks import TaskManager
+
+    from rain.data.tokenizer import train_bpe
+    from rain.eval.generative import generate
+    from rain.eval.harness import RainLM
+    from rain.model import Transformer
+
+    train = [json.loads(line) for line in (gsm8k_dir / "train.jsonl").read_text().splitlines()]
+    tokenizer = train_bpe([f"Question: {d['question']}\nAnswer: {d['answer']}" for d in train], 512)
+    torch.manual_seed(0)
+    model = Transformer(small_model_config(vocab_size=tokenizer.vocab_size, context=256)).eval()
+    items = gsm8k_items(gsm8k_dir.parent, shots=1, limit=3)
+    assert max(len(tokenizer.encode(it.context)) for it in items) > 256 - 20  # the prompt is cut from the left
+    ours = generate(model, tokenizer, items, max_gen_toks=20)
+
+    cfg = {"include": str(Path(lm_eval.__file__).parent / "tasks/gsm8k/gsm8k.yaml"), "task": "rain_gsm8k",
+           "dataset_path": "json", "dataset_name": None,
+           "dataset_kwargs": {"data_files": {"test": str(gsm8k_dir / "test.jsonl"), "train": str(gsm8k_dir / "train.jsonl")},
+                              "cache_dir": str(tmp_path / "hf_cache")}}
+    (tmp_path / "rain_gsm8k.yaml").write_text(json.dumps(cfg))
+    res = lm_eval.simple_evaluate(model=RainLM(model, tokenizer), tasks=["rain_gsm8k"], num_fewshot=1, limit=3,
+                                  gen_kwargs={"max_gen_toks": 20}, log_samples=True, bootstrap_iters=0,
+                                  task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
+    theirs = {s["doc_id"]: s["resps"][0][0] for s in res["samples"]["rain_gsm8k"]}
+    assert [theirs[i] for i in range(3)] == ours and any(ours)
+    for name, values in gsm8k_scores(ours, items).items():
+        assert res["results"]["rain_gsm8k"][f"exact_match,{name}"] == sum(values) / 3
+
+
 def test_gsm8k_filters_and_exact_match_equal_lm_eval():
     pytest.importorskip("lm_eval")
     from lm_eval.api.metrics import exact_match_hf_evaluate
