@@ -22,7 +22,8 @@ from rain.posttrain.sft import SFTData, run_sft
 from rain.train.distill import Distiller, distill_kl, load_teacher
 from rain.train.metrics import read_metrics
 from rain.train.trainer import train
-from tests.conftest import assert_same_run, small_model_config, small_toml, tiny_run_config, train_losses
+from tests.conftest import (assert_same_run, random_hf_folder, small_model_config, small_toml, tiny_run_config,
+                            train_losses)
 from tests.test_sft import CONTEXT, base, chat_file  # noqa: F401 - fixtures
 
 
@@ -177,3 +178,17 @@ def test_teachers_it_cannot_use_are_refused_in_one_line(teacher, tiny_data, tmp_
     assert "\n" not in str(refused.value)
     with pytest.raises(RainError, match="no such folder"):
         load_teacher(tmp_path / "nothing", small_model_config(), tok, cpu)
+
+
+def test_a_hugging_face_folder_with_the_run_s_tokenizer_is_a_teacher(tiny_data, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=512, hidden_size=96, intermediate_size=128, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      rms_norm_eps=1e-6, tie_word_embeddings=False)
+    hf = random_hf_folder(tmp_path / "llama", config, tiny_data / "tokenizer.json")
+    model, folder = load_teacher(tmp_path / "llama", small_model_config(), tiny_data / "tokenizer.json", torch.device("cpu"))
+    assert folder == (tmp_path / "llama").resolve() and not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    ids = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(model(ids), hf(ids).logits, atol=1e-4)  # the distribution the student is pulled to
