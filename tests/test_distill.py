@@ -46,43 +46,63 @@ def softmax(xs, t):
     return [v / sum(e) for v in e]
 
 
-def test_kl_is_t_squared_forward_kl_over_counted_rows_and_top_k_of_all_tokens_is_the_full_kl():
+def test_kl_is_t_squared_forward_kl_over_counted_rows_top_k_renormalised_or_with_a_rest_bucket():
     T = 2.0
-    h = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0], [2.0, 0.0, 1.0]], requires_grad=True)
-    w = torch.eye(3, requires_grad=True)  # logits = h
-    teacher = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0], [-1.0, 1.0, 0.5]])
+    h = torch.tensor([[1.0, 2.0, 0.0, -0.5], [0.5, -1.0, 3.0, 0.0], [2.0, 0.0, 1.0, 1.5]], requires_grad=True)
+    w = torch.eye(4, requires_grad=True)  # logits = h
+    teacher = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0], [-1.0, 1.0, 0.5, 0.25]])
     valid = torch.tensor([True, False, True])  # row 1 is a prompt or padding token: out, as in the cross-entropy
 
-    def by_hand(k):
+    def by_hand(k, bucket=False):
         total = 0.0
         for r in (0, 2):
-            kept = sorted(range(3), key=lambda i: -teacher[r, i].item())[:k]
-            p = softmax([teacher[r, i].item() for i in kept], T)  # the kept tokens' probabilities, renormalised
+            kept = sorted(range(4), key=lambda i: -teacher[r, i].item())[:k]
             q = softmax(h[r].tolist(), T)
+            if bucket:  # the kept tokens at their true probabilities, the rest as one outcome on both sides
+                p = [softmax(teacher[r].tolist(), T)[i] for i in kept]
+                p_rest, q_rest = 1 - sum(p), 1 - sum(q[i] for i in kept)
+                total += p_rest * math.log(p_rest / q_rest)
+            else:  # the kept tokens' probabilities, renormalised
+                p = softmax([teacher[r, i].item() for i in kept], T)
             total += sum(pi * math.log(pi / q[i]) for pi, i in zip(p, kept))
         return T * T * total / 2
 
     full = distill_kl(h, w, teacher, None, valid, T, chunk=2)
-    assert full.item() == pytest.approx(by_hand(3), rel=1e-6)
+    assert full.item() == pytest.approx(by_hand(4), rel=1e-6)
     values, index = teacher.topk(2, dim=-1)
     assert distill_kl(h, w, values, index, valid, T, chunk=2).item() == pytest.approx(by_hand(2), rel=1e-6)
+    lse = torch.logsumexp(teacher / T, dim=-1)
+    bucket = distill_kl(h, w, values, index, valid, T, chunk=2, lse=lse)
+    assert bucket.item() == pytest.approx(by_hand(2, bucket=True), rel=1e-6)
 
-    # The gradients worked out in the forward pass are autograd's of the plain formula.
-    full.backward()
-    grads = h.grad.clone(), w.grad.clone()
-    h.grad = w.grad = None
-    logq = F.log_softmax(h @ w.T / T, -1)
+    # The gradients worked out in the forward pass are autograd's of the plain formulas.
+    def reference_grads(kl_rows):
+        h.grad = w.grad = None
+        (kl_rows(F.log_softmax(h @ w.T / T, -1))[valid].mean() * T * T).backward()
+        return h.grad.clone(), w.grad.clone()
+
+    def bucket_rows(logq):
+        p, q = (teacher / T - lse[:, None]).exp().gather(1, index), logq.exp().gather(1, index)
+        p_rest, q_rest = 1 - p.sum(-1), 1 - q.sum(-1)
+        return (p * (p.log() - q.log())).sum(-1) + p_rest * (p_rest.log() - q_rest.log())
+
     p = F.softmax(teacher / T, -1)
-    ((p * (p.log() - logq)).sum(-1)[valid].mean() * T * T).backward()
-    assert torch.allclose(grads[0], h.grad, atol=1e-6) and torch.allclose(grads[1], w.grad, atol=1e-6)
-    assert grads[0][1].abs().sum() == 0  # nothing from the uncounted row
+    for loss, rows in ((full, lambda logq: (p * (p.log() - logq)).sum(-1)), (bucket, bucket_rows)):
+        h.grad = w.grad = None
+        loss.backward()
+        grads = h.grad.clone(), w.grad.clone()
+        expected = reference_grads(rows)
+        assert torch.allclose(grads[0], expected[0], atol=1e-6) and torch.allclose(grads[1], expected[1], atol=1e-6)
+        assert grads[0][1].abs().sum() == 0  # nothing from the uncounted row
 
-    values, index = teacher.topk(3, dim=-1)  # every token kept: the full KL
+    values, index = teacher.topk(4, dim=-1)  # every token kept: the full KL
     h.grad = w.grad = None
     top = distill_kl(h, w, values, index, valid, T, chunk=2)
     top.backward()
+    grads = h.grad.clone(), w.grad.clone()
+    expected = reference_grads(lambda logq: (p * (p.log() - logq)).sum(-1))
     assert top.item() == pytest.approx(full.item(), rel=1e-6)
-    assert torch.allclose(h.grad, grads[0], atol=1e-6) and torch.allclose(w.grad, grads[1], atol=1e-6)
+    assert torch.allclose(grads[0], expected[0], atol=1e-6) and torch.allclose(grads[1], expected[1], atol=1e-6)
 
 
 def run(tmp_path, tiny_data, name, stop_after=None, resume=False, **t):
@@ -103,7 +123,8 @@ def test_weight_zero_is_plain_training_exactly(teacher, plain, tiny_data, tmp_pa
 
 
 def test_a_distilled_run_logs_its_kl_resumes_exactly_and_keeps_no_teacher(teacher, plain, tiny_data, tmp_path):
-    distilled = dict(teacher=str(teacher), distill_weight=1.0, distill_temperature=2.0, distill_top_k=16)
+    distilled = dict(teacher=str(teacher), distill_weight=1.0, distill_temperature=2.0, distill_top_k=16,
+                     distill_rest="bucket")
     summary = run(tmp_path, tiny_data, "distilled", **distilled)
     run(tmp_path, tiny_data, "broken", stop_after=2, **distilled)
     run(tmp_path, tiny_data, "broken", resume=True, **distilled)  # the teacher loaded again from config.json's path
@@ -114,14 +135,15 @@ def test_a_distilled_run_logs_its_kl_resumes_exactly_and_keeps_no_teacher(teache
     assert train_losses(tmp_path / "distilled")[-1] != train_losses(plain)[-1]  # the KL's gradient moved the weights
 
     assert summary["teacher"] == str((teacher / "checkpoints/last").resolve())
-    assert summary["distill"] == {"weight": 1.0, "temperature": 2.0, "top_k": 16}
+    assert summary["distill"] == {"weight": 1.0, "temperature": 2.0, "top_k": 16, "rest": "bucket"}
     keys = [load_file(str(r / "checkpoints/last/model.safetensors")).keys() for r in (tmp_path / "distilled", plain)]
     assert keys[0] == keys[1]  # the student's weights, nothing of the teacher's
     state = json.loads((tmp_path / "distilled/checkpoints/last/state.json").read_text())
     assert state["teacher"] == summary["teacher"]
     card = model_card(ckpt.find(tmp_path / "distilled"), 1000, 900, Tokenizer.from_file(tiny_data / "tokenizer.json"), "kd")
     assert ("Distilled from run `run`, checkpoint `last`: the loss adds 1.0 x T^2 x KL(teacher || student) at "
-            "temperature T = 2.0 over the teacher's top 16 tokens.") in card
+            "temperature T = 2.0 over the teacher's top 16 tokens and the rest of its probability as one more "
+            "outcome.") in card
 
 
 def test_sft_prompt_tokens_are_out_of_the_kl(teacher, base, chat_file, tiny_data, tmp_path):  # noqa: F811
@@ -131,7 +153,7 @@ def test_sft_prompt_tokens_are_out_of_the_kl(teacher, base, chat_file, tiny_data
     assert masked.any() and (~masked).any()
     distiller = Distiller(TrainConfig(teacher=str(teacher), distill_temperature=2.0), small_model_config(context=CONTEXT),
                           tok, torch.device("cpu"))
-    logits, _ = distiller.teacher_logits(x, doc)
+    logits, _, _ = distiller.teacher_logits(x, doc)
     h = torch.randn(x.numel(), 64, requires_grad=True)
     w = torch.randn(small_model_config().vocab_size, 64)
     kl = distill_kl(h, w, logits, None, ~masked, 2.0, chunk=100)

@@ -153,6 +153,10 @@ class TrainConfig:
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
     distill_top_k: int = 0
+    # With top-k, the teacher's probability outside its k tokens: "renormalise" (dropped; the k renormalised to sum to
+    # 1) or "bucket" (kept as one more outcome against the student's own mass outside them: exact at the coarser
+    # grain, one more number a position; docs/performance.md compares the two).
+    distill_rest: str = "renormalise"
 
 
 @dataclass
@@ -573,6 +577,8 @@ def validate(cfg: RunConfig) -> None:
         problems.append("train.muon_lr must be positive, muon_warmup and muon_weight_decay >= 0, 0 <= muon_momentum < 1")
     if t.keep_full not in KEEP_FULL:
         problems.append(f"train.keep_full {t.keep_full!r} must be {', '.join(KEEP_FULL[:-1])} or {KEEP_FULL[-1]}")
+    if t.distill_rest not in ("renormalise", "bucket"):
+        problems.append(f"train.distill_rest {t.distill_rest!r} must be renormalise or bucket")
     if t.intermediate_dtype not in ("auto", "bf16", "fp32"):
         problems.append(f"train.intermediate_dtype {t.intermediate_dtype!r} must be auto, bf16 or fp32")
     if not 0 <= t.checkpoint_layers <= m.n_layer:

@@ -157,6 +157,17 @@ def _alignment_limitation(chat: bool, preference_tuned: bool) -> str:
             + "no preference tuning or ")
 
 
+def _distill_line(state: dict) -> str:
+    """What a distilled stage's card says of its teacher and KL term (rain.train.distill)."""
+    d = state.get("distill", {})
+    over = ""
+    if d.get("top_k"):
+        rest = " and the rest of its probability as one more outcome" if d.get("rest") == "bucket" else ", renormalised"
+        over = f" over the teacher's top {d['top_k']} tokens{rest}"
+    return (f"Distilled from {public_name(state['teacher'])}: the loss adds {d.get('weight')} x T^2 x KL(teacher || "
+            f"student) at temperature T = {d.get('temperature')}{over}.")
+
+
 def _stage_section(i: int, stage: Checkpoint | HFModel | MissingParent) -> list[str]:
     if isinstance(stage, HFModel):
         return [f"### Stage {i}: initialised from the Hugging Face model `{_folder_name(stage.folder)}` "
@@ -169,11 +180,8 @@ def _stage_section(i: int, stage: Checkpoint | HFModel | MissingParent) -> list[
     if stage.parent:
         lines += [f"Started from {public_name(stage.parent)} with a fresh optimizer and learning-rate "
                   "schedule.", ""]
-    if state.get("teacher"):  # rain.train.distill
-        d = state.get("distill", {})
-        lines += [f"Distilled from {public_name(state['teacher'])}: the loss adds {d.get('weight')} x T^2 x KL(teacher "
-                  f"|| student) at temperature T = {d.get('temperature')}"
-                  + (f" over the teacher's top {d['top_k']} tokens." if d.get("top_k") else "."), ""]
+    if state.get("teacher"):
+        lines += [_distill_line(state), ""]
     lines += _data_lines(stage)
     seconds = state.get("wall_seconds", 0)
     lines.append(f"Training: {stage.step or 0:,} steps, {stage.tokens or 0:,} tokens seen (windows of "

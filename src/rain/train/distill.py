@@ -14,11 +14,16 @@ student's forward pass (the KL's gradients are worked out there, so the backward
 train.distill_top_k = k only the teacher's k largest logits and their ids are kept (B x T x k x (2 + 8) bytes; k = 64:
 10 MB for the same batch), the full logits being freed before the student runs; the teacher's forward pass still
 makes them once, so its own peak is unchanged. train.auto_micro_batch does not count the teacher.
-The teacher's probabilities are then renormalised over those k tokens (a softmax of the k logits): mass outside
-them is taken as 0, so the student is pulled only towards the teacher's head and the KL is an approximation that
-reads a little higher than the full one (log q is summed over the k tokens only). The student's own logits are
-never held whole: the KL and its gradient are computed `chunk` rows at a time, as the cross-entropy is
-(rain.model.transformer.LinearCrossEntropy).
+
+Top-k is an approximation. The rest of the teacher's probability is either dropped and the k renormalised to sum to
+1 (train.distill_rest = renormalise, the default): the student is pulled only towards the teacher's head and told
+nothing of its tail; or kept as one more outcome (bucket), matched against the student's own mass outside the k:
+the KL between the two distributions coarsened to k + 1 outcomes, never above the full KL (merging outcomes cannot
+raise a KL) and equal to it when the teacher's tail is shaped like the student's, for one more number a position
+(the log-sum-exp of the teacher's logits). docs/performance.md measures both against the full KL.
+
+The student's own logits are never held whole: the KL and its gradient are computed `chunk` rows at a time, as the
+cross-entropy is (rain.model.transformer.LinearCrossEntropy).
 
 The teacher is loaded once from train.teacher (so --resume loads it again from the same path), is not part of the
 model and is never saved in a checkpoint."""
@@ -36,18 +41,29 @@ from rain.errors import RainError
 from rain.model.transformer import Transformer
 
 
-def _chunk_kl(h, w, teacher, index, valid, temperature: float):
+def _chunk_kl(h, w, teacher, index, lse, valid, temperature: float):
     """One chunk's summed KL(p || q) over its valid rows and d(T^2 KL)/d(logits) (zero on other rows)."""
     logq = torch.log_softmax((h @ w.T).float() / temperature, dim=-1)
-    logp = torch.log_softmax(teacher.float() / temperature, dim=-1)  # over V, or over the k kept (renormalised)
+    if lse is None:  # over V, or over the k kept (renormalised)
+        logp = torch.log_softmax(teacher.float() / temperature, dim=-1)
+    else:  # the k kept at their true probabilities; the rest of the mass is one more bucket
+        logp = teacher.float() / temperature - lse[:, None]
     p = logp.exp()
     q = logq.exp()
     if index is None:
-        rows = (p * (logp - logq)).sum(-1)
-        grad = q - p
-    else:
-        rows = (p * (logp - logq.gather(1, index))).sum(-1)
-        grad = q.scatter_add_(1, index, -p)  # p is 0 outside the kept tokens
+        return _valid_rows((p * (logp - logq)).sum(-1), q - p, valid, temperature)
+    rows = (p * (logp - logq.gather(1, index))).sum(-1)
+    if lse is not None:
+        p_rest = (1 - p.sum(-1)).clamp(min=0)
+        logq_rest = torch.logsumexp(logq.scatter(1, index, -torch.inf), dim=-1)
+        rows = rows + torch.xlogy(p_rest, p_rest) - p_rest * logq_rest
+        # outside the k: q_j - p_rest x q_j / q_rest (the teacher's rest spread as the student spreads its own)
+        tail = torch.exp(logq + (torch.log(p_rest) - logq_rest)[:, None]).scatter_(1, index, 0.0)
+    grad = q.scatter_add_(1, index, -p)  # inside the k: q_j - p_j
+    return _valid_rows(rows, grad if lse is None else grad - tail, valid, temperature)
+
+
+def _valid_rows(rows, grad, valid, temperature: float):
     rows = torch.where(valid, rows, 0.0)
     grad = torch.where(valid[:, None], grad * temperature, 0.0)
     return rows.sum(), grad
@@ -59,7 +75,7 @@ class LinearKL(torch.autograd.Function):
     are ever held whole. teacher: (N, V) logits, or (N, k) logits at the vocabulary ids `index` (N, k)."""
 
     @staticmethod
-    def forward(ctx, h, weight, teacher, index, valid, temperature: float, chunk: int, dtype: torch.dtype):
+    def forward(ctx, h, weight, teacher, index, lse, valid, temperature: float, chunk: int, dtype: torch.dtype):
         w = weight.to(dtype)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
@@ -67,7 +83,8 @@ class LinearKL(torch.autograd.Function):
         for s in range(0, h.shape[0], chunk):
             hc = h[s : s + chunk].to(dtype)
             part = None if index is None else index[s : s + chunk]
-            kl, grad = _chunk_kl(hc, w, teacher[s : s + chunk], part, valid[s : s + chunk], temperature)
+            rest = None if lse is None else lse[s : s + chunk]
+            kl, grad = _chunk_kl(hc, w, teacher[s : s + chunk], part, rest, valid[s : s + chunk], temperature)
             total = total + kl
             grad = grad.to(dtype)
             grad_h[s : s + chunk] = grad @ w
@@ -80,17 +97,18 @@ class LinearKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, None, None, None, None, None, None
+        return grad_h * grad_out, grad_w * grad_out, None, None, None, None, None, None, None
 
 
 def distill_kl(h: torch.Tensor, weight: torch.Tensor, teacher: torch.Tensor, index: torch.Tensor | None,
-               valid: torch.Tensor, temperature: float, chunk: int) -> torch.Tensor:
+               valid: torch.Tensor, temperature: float, chunk: int, lse: torch.Tensor | None = None) -> torch.Tensor:
     """h (N, d) the student's final hidden states, weight (V, d) its lm_head, teacher (N, V) or (N, k) logits with
-    index (N, k), valid (N,) bool -> T^2 x the mean KL over the valid rows; matmuls in the autocast dtype if on."""
+    index (N, k), valid (N,) bool -> T^2 x the mean KL over the valid rows; matmuls in the autocast dtype if on.
+    lse (N,), with top-k: logsumexp(all the teacher's logits / T), for the rest-bucket form (train.distill_rest)."""
     dev = h.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
     with torch.autocast(dev, enabled=False):
-        return LinearKL.apply(h, weight, teacher, index, valid, temperature, chunk, dtype)
+        return LinearKL.apply(h, weight, teacher, index, lse, valid, temperature, chunk, dtype)
 
 
 def load_teacher(path: str | Path, student: ModelConfig, tokenizer_path: Path | None,
@@ -131,26 +149,31 @@ class Distiller:
         self.teacher, self.folder = load_teacher(t.teacher, student, tokenizer_path, device)
         self.teacher.attention = t.attention
         self.weight, self.temperature, self.top_k = t.distill_weight, t.distill_temperature, t.distill_top_k
+        self.rest = t.distill_rest
         self.step_sum = torch.zeros((), device=device)  # this step's distill loss (mean over its micro-batches)
         self.window_sum = torch.zeros((), device=device)  # summed over the log window's applied steps
         self.window_steps = 0
 
     @torch.no_grad()
-    def teacher_logits(self, x: torch.Tensor, doc: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The teacher's (B*T, V) logits, or its top-k (values, ids) with the full logits freed at once."""
+    def teacher_logits(self, x: torch.Tensor, doc: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The teacher's (B*T, V) logits; or its top-k (values, ids) with the full logits freed at once, and with
+        train.distill_rest = bucket the log-sum-exp of all of them / T (what the kept tokens' true probabilities
+        need)."""
         logits = self.teacher(x, doc_ids=doc).flatten(0, 1)
-        if 0 < self.top_k < logits.shape[-1]:
-            return logits.topk(self.top_k, dim=-1)
-        return logits, None
+        if not 0 < self.top_k < logits.shape[-1]:
+            return logits, None, None
+        values, index = logits.topk(self.top_k, dim=-1)
+        lse = torch.logsumexp(logits.float() / self.temperature, dim=-1) if self.rest == "bucket" else None
+        return values, index, lse
 
     def micro_loss(self, step_model, model: Transformer, batch: tuple, grad_accum: int) -> torch.Tensor:
         """The student's cross-entropy, carrying the gradient of weight x the distill loss but not its value (so
         `loss` stays comparable with a plain run's and weight 0 changes nothing, bit for bit)."""
         x, y, doc = batch[:3]
-        teacher, index = self.teacher_logits(x, doc)  # first: with top-k, only (B*T, k) is held from here on
+        teacher, index, lse = self.teacher_logits(x, doc)  # first: with top-k, only (B*T, k) is held from here on
         ce, h = step_model(x, y, doc_ids=doc, hidden=True)
         kl = distill_kl(h.flatten(0, 1), model.lm_head.weight, teacher, index, y.flatten() != -100,
-                        self.temperature, model.loss_chunk)
+                        self.temperature, model.loss_chunk, lse)
         self.step_sum += kl.detach() / grad_accum
         return ce + self.weight * (kl - kl.detach())
 
@@ -175,4 +198,4 @@ class Distiller:
     def describe(self) -> dict:
         """What the run's lineage (state.json, run_summary.json, the model card) records of the teacher."""
         return {"teacher": str(self.folder), "distill": {"weight": self.weight, "temperature": self.temperature,
-                                                         "top_k": self.top_k}}
+                                                         "top_k": self.top_k, "rest": self.rest}}
