@@ -181,6 +181,7 @@ def test_sft_to_dpo_to_transformers(sft_run, tmp_path, capsys, monkeypatch):
     for fact in ("supervised fine-tuning for chat", "preference tuning (DPO)", "`pairs.jsonl`",
                  f"{state['dpo']['pairs']['train']} training", "Little alignment"):
         assert fact in card, fact
+    assert "no preference tuning" not in card and "preference tuning only on the pairs named below" in card
 
 
 def test_dpo_bad_input_is_one_line(sft_run, tmp_path, capsys, monkeypatch):

@@ -150,6 +150,12 @@ def _language_limitation(shares: dict[str, float] | None) -> str:
             f"langid): {listed}{other}. Expect much worse results in other languages.")
 
 
+def _preference_words(runs) -> str:
+    if any("dpo" in s.state for s in runs):
+        return "preference tuning only on the pairs named below (no RLHF)"
+    return "no preference tuning (RLHF/DPO)"
+
+
 def _alignment_limitation(chat: bool, preference_tuned: bool) -> str:
     if preference_tuned:
         return "- Little alignment: preference tuning on the pairs above only, no "
@@ -280,7 +286,7 @@ def model_card(checkpoint: Checkpoint, n_params: int, n_params_non_embedding: in
         f"{tokens:,} tokens in {len(runs)} stage(s) starting from {origin}; {kind}. "
         f"It loads in transformers as `{arch}` with no custom code.", "",
         "**What it is not:** a reliable source of facts, a safe assistant, or a model aligned with human preferences. "
-        f"It received no preference tuning (RLHF/DPO) and no safety training{safety}, and it was not evaluated for any deployment.", "",
+        f"It received {_preference_words(runs)} and no safety training{safety}, and it was not evaluated for any deployment.", "",
         "## Architecture", "",
         "| | |", "|---|---|",
         f"| architecture | {arch} ({'QK-norm, ' if m.qk_norm else ''}pre-RMSNorm, GQA, RoPE, SwiGLU, no biases) |",
