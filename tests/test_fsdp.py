@@ -115,3 +115,6 @@ def test_fsdp_settings_refused_in_one_line():
 
     with pytest.raises(RainError, match="use train.precision=bf16"):
         shard(Transformer(small_model_config()), cfg.train, torch.device("cpu"), world=2)
+    cfg = tiny_run_config(parallel="fsdp", teacher="teacher-run")
+    with pytest.raises(RainError, match="train.teacher does not combine with train.parallel = fsdp"):
+        shard(Transformer(small_model_config()), cfg.train, torch.device("cpu"), world=2)

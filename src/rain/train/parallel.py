@@ -60,6 +60,9 @@ def shard(model: nn.Module, t: TrainConfig, device: torch.device, world: int) ->
     if t.precision == "bf16-master":
         raise RainError("train.precision = bf16-master does not combine with train.parallel = fsdp; use "
                         "train.precision=bf16: FSDP2 keeps the weights fp32 (sharded) and computes in bf16")
+    if t.teacher:  # untested: the KL term multiplies by the whole lm_head outside the model's forward
+        raise RainError("train.teacher does not combine with train.parallel = fsdp yet (the distillation term reads the "
+                        "whole output matrix, which FSDP2 shards); use train.parallel=ddp")
     mesh = init_device_mesh(device.type, (world,))
     bf16 = computes_bf16(device, t.precision)
     # The blocks' inputs are not cast: the RoPE tables stay fp32, as on one process (autocast runs around the step).
