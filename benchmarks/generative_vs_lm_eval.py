@@ -19,7 +19,7 @@ token; --cache keeps it for the next run. Wall time per call after a one-item wa
 tokens of the returned (stop-cut) texts. One torch thread by default: on a shared 2-core machine two threads
 ran 2-3x slower than one.
 
-    nice python benchmarks/generative_vs_lm_eval.py --items 10 --humaneval-items 3 --cache /tmp/gen-bench
+    nice python benchmarks/generative_vs_lm_eval.py --items 20 --humaneval-items 5 --cache /tmp/gen-bench --repeats 3
 """
 
 from __future__ import annotations
