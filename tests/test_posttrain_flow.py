@@ -153,7 +153,8 @@ def test_base_to_chat_model_to_transformers(tiny_data, tmp_path, capsys, monkeyp
     n_params = sum(p.numel() for p in hf.parameters())
     assert f"{n_params:,} parameters" in card and n_params == model.num_params()
     for fact in ("pretraining from scratch", "continued pretraining", "supervised fine-tuning for chat", "| math |",
-                 "| c4 |", "| gsm8k |", f"`{chat_data.name}`", "Not evaluated", "Languages not measured", "No alignment",
+                 "| c4 |", "| gsm8k |", f"`{chat_data.name}`", "Not evaluated: no benchmark results",
+                 "Not evaluated for safety", "Languages not measured", "No alignment",
                  "memorised", f"{state['tokens']:,} tokens seen"):
         assert fact in card, fact
     (tmp_path / "sft/eval").mkdir()
@@ -163,12 +164,12 @@ def test_base_to_chat_model_to_transformers(tiny_data, tmp_path, capsys, monkeyp
     earlier = {**row, "step": 12, "tokens": 6144, "value": 0.11}  # another checkpoint's: not shown
     (tmp_path / "sft/eval/results.jsonl").write_text(json.dumps(earlier) + "\n")
     assert cli(["export", tmp_path / "sft", export, "--overwrite"], capsys)[0] == 0
-    assert "Not evaluated" in (export / "README.md").read_text()
+    assert "Not evaluated: no benchmark results" in (export / "README.md").read_text()
     (tmp_path / "sft/eval/results.jsonl").write_text(json.dumps(earlier) + "\n" + json.dumps(row) + "\n")
     assert cli(["export", tmp_path / "sft", export, "--overwrite"], capsys)[0] == 0
     card = (export / "README.md").read_text()
     assert f"| arc_easy | 0 | acc | 0.2700 | 0.0120 | 570 | last | {sft_state['tokens']:,} |" in card
-    assert "Not evaluated" not in card and "0.1100" not in card
+    assert "Not evaluated: no benchmark" not in card and "0.1100" not in card
 
     # a base model: no chat template, and `rain chat` says so
     assert cli(["export", tmp_path / "cpt", tmp_path / "base_export"], capsys)[0] == 0
