@@ -208,6 +208,24 @@ def _logit_grad(logp, safe, valid):
     return g.mul_(valid[:, None])
 
 
+def chunked_linear_grads(x, weight, chunk: int, dtype: torch.dtype, loss_and_grad):
+    """The loop a fused linear loss runs in its forward pass: the logits x @ weight.T `chunk` rows at a time, with
+    loss_and_grad(first_row, x_chunk, w) -> (the chunk's summed loss, d loss / d its logits). Returns the summed loss
+    and the gradients for x and weight, so no (N, V) tensor outlives its chunk. Matmuls in `dtype`."""
+    w = weight.to(dtype)
+    grad_x = torch.empty_like(x)
+    grad_w = torch.zeros_like(weight, dtype=torch.float32)
+    total = x.new_zeros((), dtype=torch.float32)
+    for s in range(0, x.shape[0], chunk):
+        xc = x[s : s + chunk].to(dtype)
+        loss, g = loss_and_grad(s, xc, w)
+        total = total + loss
+        g = g.to(dtype)
+        grad_x[s : s + chunk] = g @ w
+        grad_w += (g.T @ xc).float()
+    return total, grad_x, grad_w.to(weight.dtype)
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """mean cross-entropy(x @ weight.T, targets), ignoring targets of -100, computed `chunk` rows at a time with the
     gradients worked out in the forward pass (as Liger-Kernel's fused linear cross-entropy does): neither the full
@@ -215,19 +233,13 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, chunk: int, dtype: torch.dtype):
-        w = weight.to(dtype)
-        grad_x = torch.empty_like(x)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        total = x.new_zeros((), dtype=torch.float32)
-        for s in range(0, x.shape[0], chunk):
-            xc = x[s : s + chunk].to(dtype)
+        def loss_and_grad(s, xc, w):
             loss, logp, safe, valid = _chunk_loss(xc, w, targets[s : s + chunk])
-            total = total + loss
-            g = _logit_grad(logp, safe, valid).to(dtype)
-            grad_x[s : s + chunk] = g @ w
-            grad_w += (g.T @ xc).float()
+            return loss, _logit_grad(logp, safe, valid)
+
+        total, grad_x, grad_w = chunked_linear_grads(x, weight, chunk, dtype, loss_and_grad)
         count = (targets != -100).sum()
-        ctx.save_for_backward(grad_x / count, grad_w.to(weight.dtype) / count)
+        ctx.save_for_backward(grad_x / count, grad_w / count)
         return total / count
 
     @staticmethod

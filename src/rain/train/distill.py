@@ -38,7 +38,7 @@ import torch.distributed as dist
 from rain import checkpoint as ckpt
 from rain.config import ModelConfig, TrainConfig
 from rain.errors import RainError
-from rain.model.transformer import Transformer
+from rain.model.transformer import Transformer, chunked_linear_grads
 
 
 def _chunk_kl(h, w, teacher, index, lse, valid, temperature: float):
@@ -76,22 +76,15 @@ class LinearKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, teacher, index, lse, valid, temperature: float, chunk: int, dtype: torch.dtype):
-        w = weight.to(dtype)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        total = h.new_zeros((), dtype=torch.float32)
-        for s in range(0, h.shape[0], chunk):
-            hc = h[s : s + chunk].to(dtype)
+        def loss_and_grad(s, hc, w):
             part = None if index is None else index[s : s + chunk]
             rest = None if lse is None else lse[s : s + chunk]
-            kl, grad = _chunk_kl(hc, w, teacher[s : s + chunk], part, rest, valid[s : s + chunk], temperature)
-            total = total + kl
-            grad = grad.to(dtype)
-            grad_h[s : s + chunk] = grad @ w
-            grad_w += (grad.T @ hc).float()
+            return _chunk_kl(hc, w, teacher[s : s + chunk], part, rest, valid[s : s + chunk], temperature)
+
+        total, grad_h, grad_w = chunked_linear_grads(h, weight, chunk, dtype, loss_and_grad)
         count = valid.sum()
         # d(T^2 KL)/d(logits) = T^2 x (1/T) x (q - p): the T from the chain rule through logits / T
-        ctx.save_for_backward(grad_h / count, grad_w.to(weight.dtype) / count)
+        ctx.save_for_backward(grad_h / count, grad_w / count)
         return total * temperature**2 / count
 
     @staticmethod
