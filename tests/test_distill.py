@@ -185,6 +185,7 @@ def test_teachers_it_cannot_use_are_refused_in_one_line(teacher, tiny_data, tmp_
                  "--teacher", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "tokenizer is not this run's" in err
+    assert not (tmp_path / "x").exists()  # refused before the run folder: a corrected retry needs no --overwrite
 
     tok, cpu = tiny_data / "tokenizer.json", torch.device("cpu")
     with pytest.raises(RainError, match="vocab_size 512 vs the student's 640"):

@@ -230,6 +230,9 @@ class Trainer:
         self.grad_accum = t.batch_size // (self.micro_batch * self.ranks.world)
         self.total = run_steps(cfg, self.data)  # max_steps, epochs or total_tokens
         self.tokens_per_step = t.batch_size * cfg.model.context
+        # train.teacher (loaded again from the config's path on --resume), before the run folder is touched: a teacher
+        # that cannot serve is refused without leaving a folder that "already holds a run"
+        self.distiller = self._distiller()
         self.lock = None
         self.weights_dtype = weights_only_dtype(t, self.device)
         self.disk_plan = checkpoint_disk_plan(cfg, self.device, self.data.tokenizer_path, self.total)
@@ -245,7 +248,6 @@ class Trainer:
         if self.ranks.world > 1:
             dist.barrier()
         self._build_model(None if resume else init_from, model)  # a resumed run's weights come from its checkpoint
-        self.distiller = self._distiller()  # train.teacher: loaded again from the config's path on --resume
         self.lineage = {**self._lineage(init_from), **(self.distiller.describe() if self.distiller else {})}
         # The loop state a checkpoint carries (see state_dict).
         self.step_count, self.best_val, self.wall_before, self.window_steps = 0, math.inf, 0.0, 0
