@@ -18,7 +18,10 @@ def test_shared_data_tests_skip_cleanly_without_the_folder(tmp_path):
     """The shared_data tests run with the folder hidden: the whole suite still collects, and each one skips."""
     hidden, report = tmp_path / "no-shared-data", tmp_path / "report.xml"
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(REPO), str(REPO / "tests"),
-               "-m", "shared_data", f"--junitxml={report}"]
+               "-m", "shared_data", f"--junitxml={report}",
+               # its own temporary folder: a numbered one would make pytest prune the oldest of the user's others,
+               # which may be a suite still running beside this one (its working folders vanish mid-test)
+               f"--basetemp={tmp_path / 'basetemp'}"]
     run = subprocess.run(command, cwd=REPO, env={**os.environ, "RAIN_SHARED_DATA": str(hidden)},
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr  # 2 if any test file failed to collect
